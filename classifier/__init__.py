@@ -1,0 +1,1 @@
+"""Backbone, image decoding, embeddings, prediction and the versioned model registry."""

@@ -1,0 +1,179 @@
+"""Pooled backbone features, cached on disk by (image sha256, backbone id, resolution).
+
+A model is split into ``features`` (backbone + pooling) and ``head`` (its final classifier), so a
+``head``-mode version predicts from cached features, and an image is never embedded twice by the
+same backbone at the same resolution.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import threading
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from classifier.images import ImageInput, decode, to_array
+from settings import PlatformError
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float, str], None]
+
+
+def file_digest(path: Path, length: int = 16) -> str:
+    """Short sha256 hex of a file's bytes (identifies a set of weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length]
+
+
+class FeatureModel:
+    """An image-classification model seen as features → head, with its input size and normalisation."""
+
+    def __init__(self, model: torch.nn.Module, processor, backbone_id: str):
+        self.model = model.eval()
+        self.backbone_id = backbone_id
+        crop = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
+        self.resolution = int(crop.get("height") or crop.get("shortest_edge") or 224)
+        self.mean = list(getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5])
+        self.std = list(getattr(processor, "image_std", None) or [0.5, 0.5, 0.5])
+        self.base = model.base_model
+        self.head = model.classifier
+        self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.backbone_id}-{self.resolution}px"
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pooled features, shape (n, d)."""
+        out = self.base(pixel_values=pixel_values.contiguous(memory_format=torch.channels_last))
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:  # ViT-style models classify the first token
+            pooled = out.last_hidden_state[:, 0]
+        return pooled.flatten(1)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+
+class EmbeddingCache:
+    """Feature vectors by image sha256 for one cache key, persisted as append-only ``.npz`` shards."""
+
+    _COMPACT_AFTER = 64
+
+    def __init__(self, root: Path, key: str):
+        self.dir = root / re.sub(r"[^A-Za-z0-9_.@-]", "_", key)
+        self._lock = threading.Lock()
+        self._vectors: dict[str, np.ndarray] = {}
+        self._loaded = False
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        shards = sorted(self.dir.glob("*.npz")) if self.dir.is_dir() else []
+        for shard in shards:
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    for sha, vec in zip(data["sha"], data["vec"]):
+                        self._vectors[str(sha)] = vec
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("Skipping unreadable embedding shard %s: %s", shard.name, exc)
+        self._loaded = True
+        if len(shards) > self._COMPACT_AFTER:
+            self._write(list(self._vectors), np.stack(list(self._vectors.values())), replace=shards)
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._load()
+            return len(self._vectors)
+
+    def get_many(self, shas: list[str]) -> dict[str, np.ndarray]:
+        with self._lock:
+            self._load()
+            return {s: self._vectors[s] for s in shas if s in self._vectors}
+
+    def put_many(self, shas: list[str], vectors: np.ndarray) -> None:
+        if not shas:
+            return
+        with self._lock:
+            self._load()
+            fresh = [(s, v) for s, v in zip(shas, vectors) if s not in self._vectors]
+            if not fresh:
+                return
+            for s, v in fresh:
+                self._vectors[s] = v
+            try:
+                self._write([s for s, _ in fresh], np.stack([v for _, v in fresh]))
+            except OSError as exc:  # a full disk loses cache entries, never results
+                log.warning("Could not persist %d embeddings: %s", len(fresh), exc)
+
+    def _write(self, shas: list[str], vectors: np.ndarray, replace: list[Path] = ()) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, sha=np.array(shas), vec=vectors.astype(np.float32))
+        os.replace(tmp, self.dir / f"{uuid.uuid4().hex}.npz")
+        for old in replace:
+            old.unlink(missing_ok=True)
+
+
+class Embedder:
+    """Embeds batches of images with a :class:`FeatureModel`, through the cache, decoding in parallel."""
+
+    def __init__(self, feature_model: FeatureModel, cache: EmbeddingCache | None, max_pixels: int,
+                 batch_size: int = 32, decode_threads: int = 2):
+        self.fm = feature_model
+        self.cache = cache
+        self.max_pixels = max_pixels
+        self.batch_size = batch_size
+        self.decode_threads = decode_threads
+
+    def _prepare(self, image: ImageInput) -> np.ndarray | str:
+        try:
+            img = decode(image, self.max_pixels, draft_size=self.fm.resolution)
+            return to_array(img, self.fm.resolution, self.fm.mean, self.fm.std)
+        except PlatformError as exc:
+            return str(exc)
+
+    def embed(self, images: list[ImageInput], progress: ProgressFn | None = None
+              ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Features by sha256 for every decodable image, and an error message by sha256 for the rest."""
+        cached = self.cache.get_many([i.sha256 for i in images]) if self.cache else {}
+        todo = list({i.sha256: i for i in images if i.sha256 not in cached}.values())
+        errors: dict[str, str] = {}
+        done = len(images) - len(todo)
+        chunks = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+        with ThreadPoolExecutor(self.decode_threads) as pool, torch.inference_mode():
+            # Decode at most two chunks ahead of the forward pass: overlap without holding a dataset in RAM.
+            ahead: deque = deque()
+            submitted = 0
+            for chunk in chunks:
+                while submitted < len(chunks) and len(ahead) < 2:
+                    ahead.append([pool.submit(self._prepare, i) for i in chunks[submitted]])
+                    submitted += 1
+                arrays = [f.result() for f in ahead.popleft()]
+                good = [(img, a) for img, a in zip(chunk, arrays) if not isinstance(a, str)]
+                errors.update({img.sha256: a for img, a in zip(chunk, arrays) if isinstance(a, str)})
+                if good:
+                    batch = torch.from_numpy(np.stack([a for _, a in good]))
+                    feats = self.fm.features(batch).float().numpy()
+                    shas = [img.sha256 for img, _ in good]
+                    cached.update(zip(shas, feats))
+                    if self.cache:
+                        self.cache.put_many(shas, feats)
+                done += len(chunk)
+                if progress:
+                    progress(done / max(len(images), 1), f"embedded {done}/{len(images)} images")
+        return cached, errors

@@ -1,0 +1,122 @@
+"""Read and decode images robustly: paths, bytes or PIL images → RGB pixels, with a decoded-size cap.
+
+Handles JPEG/PNG/WebP/GIF/BMP/TIFF, grayscale, palette, RGBA/LA (composited on white), CMYK, 16-bit,
+and EXIF orientation. Anything undecodable raises :class:`settings.PlatformError` naming the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from settings import PlatformError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An image as received: where it came from (data only, never a path we write to), bytes, sha256 hex."""
+
+    name: str
+    data: bytes
+    sha256: str
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "image") -> "ImageInput":
+        return cls(name=name, data=data, sha256=hashlib.sha256(data).hexdigest())
+
+
+def read_input(source, name: str | None = None) -> ImageInput:
+    """Turn a path, bytes or PIL image into an :class:`ImageInput` (PIL images are stored as PNG)."""
+    if isinstance(source, ImageInput):
+        return source
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return ImageInput.from_bytes(bytes(source), name or "image")
+    if isinstance(source, Image.Image):
+        buf = io.BytesIO()
+        source.save(buf, format="PNG")
+        return ImageInput.from_bytes(buf.getvalue(), name or "image.png")
+    path = Path(source)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PlatformError(f"{name or path.name}: cannot read the file ({exc.strerror or exc})") from None
+    return ImageInput.from_bytes(data, name or path.name)
+
+
+def _flatten(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit (or 32-bit int) grayscale: scale to 8 bits instead of clipping at 255.
+        arr = np.asarray(img, dtype=np.float64)
+        high = 65535.0 if arr.max() > 255 else 255.0
+        return Image.fromarray(np.clip(arr / high * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        span = (arr.max() - arr.min()) or 1.0
+        return Image.fromarray(((arr - arr.min()) / span * 255).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode(image: ImageInput, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+    """Decode to an RGB PIL image, first frame only, EXIF-rotated.
+
+    ``max_pixels`` caps width × height before any pixel is decoded (decompression bombs);
+    ``draft_size`` lets JPEG decoding shrink by a power of two when the image is far larger.
+    """
+    if not image.data:
+        raise PlatformError(f"{image.name}: the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(image.data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise PlatformError(
+                    f"{image.name}: {width}×{height} pixels is over the limit of {max_pixels:,} pixels")
+            if draft_size and img.format == "JPEG":
+                img.draft("RGB", (draft_size, draft_size))
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            return _flatten(img)
+    except PlatformError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise PlatformError(f"{image.name}: not a readable image (JPEG, PNG, WebP, GIF, BMP or TIFF)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise PlatformError(f"{image.name}: the image is damaged or truncated ({exc})") from None
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` pixels (bilinear) and crop the centre ``size``×``size``."""
+    width, height = img.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    if (new_w, new_h) != (width, height):
+        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def to_array(img: Image.Image, size: int, mean, std) -> np.ndarray:
+    """Pixels as a normalised float32 array of shape (3, size, size)."""
+    arr = np.asarray(resize_center_crop(img, size), dtype=np.float32) * (1.0 / 255.0)
+    arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted, hidden files skipped)."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))

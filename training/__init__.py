@@ -1,0 +1,1 @@
+"""Training: datasets → training modes (head, finetune, scratch) → metrics → checkpoint + model card."""

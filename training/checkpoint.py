@@ -1,0 +1,59 @@
+"""The files a run leaves beside its weights: ``metrics.json``, ``params.json`` and a model card."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _yaml_str(value: str) -> str:
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def model_card(version: str, info: dict, metrics: dict, params: dict) -> str:
+    """A ``README.md`` with Hub front matter (so the Hub renders it and its widget works) and the figures."""
+    classes = info.get("classes", [])
+    dataset = info.get("dataset") or "custom"
+    acc, f1 = metrics.get("accuracy"), metrics.get("macro_f1")
+    front = [
+        "---", "library_name: transformers", "pipeline_tag: image-classification",
+        "tags:", "- image-classification", f"- {info.get('mode', 'head')}", "- vision-labeling-platform",
+        "datasets:", f"- {_yaml_str(dataset)}",
+        "model-index:", f"- name: {_yaml_str(version)}", "  results:", "  - task:",
+        "      type: image-classification", "      name: Image Classification", "    dataset:",
+        f"      name: {_yaml_str(dataset)}", "      type: imagefolder", "    metrics:",
+    ]
+    for name, value in (("accuracy", acc), ("f1", f1)):
+        if value is not None:
+            front += [f"    - type: {name}", f"      value: {value}", f"      name: validation {name}"]
+    front.append("---")
+    lines = [
+        f"# Image classifier {version}", "",
+        f"Trained in **{info.get('mode')}** mode on {metrics.get('train_size', '?')} images "
+        f"(validated on {metrics.get('val_size', '?')}, {metrics.get('evaluated_on', 'validation')} split) "
+        f"in {metrics.get('wall_time_s', '?')} s. Backbone: `{info.get('backbone')}`.", "",
+        "| metric | value |", "|---|---|",
+        f"| accuracy | {acc} |", f"| macro F1 | {f1} |", f"| expected calibration error | {metrics.get('ece')} |", "",
+        "## Classes", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|",
+    ]
+    for name in classes:
+        row = metrics.get("per_class", {}).get(name, {})
+        lines.append(f"| {name} | {row.get('precision', '')} | {row.get('recall', '')} | {row.get('f1', '')} | {row.get('support', '')} |")
+    lines += ["", "## Parameters", "", "```json", json.dumps(params, indent=2, ensure_ascii=False), "```", "",
+              "## Use", "", "```python", "from transformers import pipeline",
+              f"classify = pipeline(\"image-classification\", model=\"<this folder or repo>\", revision=\"{version}\")",
+              "classify(\"photo.jpg\")", "```", ""]
+    if info.get("dataset_revision"):
+        lines.insert(2, f"Labels from dataset revision `{info['dataset_revision']}`.\n")
+    return "\n".join(front + [""] + lines)
+
+
+def write_run_files(folder: Path, metrics: dict, params: dict) -> None:
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+    (folder / "params.json").write_text(json.dumps(params, indent=2, ensure_ascii=False))
+
+
+def card_writer(info: dict, metrics: dict, params: dict):
+    """A ``finalize`` callback for the registry: writes the card once the version name is known."""
+    def finalize(folder: Path, version: str) -> None:
+        (folder / "README.md").write_text(model_card(version, info, metrics, params), encoding="utf-8")
+    return finalize

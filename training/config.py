@@ -1,0 +1,106 @@
+"""Training parameters as one dataclass, validated before any work starts."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from settings import PlatformError
+
+MODES = ("head", "finetune", "scratch")
+# Defaults that differ by mode: (lr, batch_size, epochs).
+MODE_DEFAULTS = {"head": (3e-3, 256, 60), "finetune": (5e-4, 32, 3), "scratch": (2e-3, 64, 10)}
+
+
+@dataclass
+class TrainConfig:
+    mode: str = field(default="head", metadata={"help": "head (frozen backbone, fast), finetune or scratch"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate (default: head 3e-3, finetune 5e-4, scratch 2e-3)"})
+    batch_size: int | None = field(default=None, metadata={"help": "images per step (default: head 256, finetune 32, scratch 64)"})
+    epochs: int | None = field(default=None, metadata={"help": "passes over the training set (default: head 60, finetune 3, scratch 10)"})
+    val_fraction: float = field(default=0.2, metadata={"help": "share of each class held out for validation metrics (0–0.5)"})
+    seed: int = field(default=0, metadata={"help": "random seed for the split, initialisation and augmentation"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing factor (0–0.5)"})
+    unfreeze_blocks: int = field(default=4, metadata={"help": "finetune: how many of the backbone's last blocks to train (-1 = all)"})
+    augment: bool = field(default=True, metadata={"help": "finetune/scratch: random crops and flips"})
+    filters: int = field(default=32, metadata={"help": "scratch: filters in the first conv layer (doubles each stage)"})
+    filter_size: int = field(default=3, metadata={"help": "scratch: convolution kernel size in pixels (odd)"})
+    depth: int = field(default=3, metadata={"help": "scratch: number of conv stages"})
+    resolution: int | None = field(default=None, metadata={"help": "input size in pixels (default: the backbone's, 96 for scratch)"})
+    backbone: str | None = field(default=None, metadata={"help": "head/finetune: Hub id or folder of a Hugging Face image model (default: bundled ImageNet MobileNetV2)"})
+    max_seconds: float | None = field(default=None, metadata={"help": "stop training after this many seconds of wall time"})
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise PlatformError("Bad training parameters: " + "; ".join(problems))
+        lr, batch_size, epochs = MODE_DEFAULTS[self.mode]
+        self.lr = lr if self.lr is None else self.lr
+        self.batch_size = batch_size if self.batch_size is None else self.batch_size
+        self.epochs = epochs if self.epochs is None else self.epochs
+        if self.mode == "scratch" and self.resolution is None:
+            self.resolution = 96
+
+    def problems(self) -> list[str]:
+        """Every bad value, each as a sentence (empty when all is well)."""
+        out = []
+        if self.mode not in MODES:
+            out.append(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        checks = [
+            ("lr", self.lr, 1e-7, 10.0, True), ("batch_size", self.batch_size, 1, 4096, True),
+            ("epochs", self.epochs, 1, 1000, True), ("val_fraction", self.val_fraction, 0.0, 0.5, False),
+            ("weight_decay", self.weight_decay, 0.0, 1.0, False), ("label_smoothing", self.label_smoothing, 0.0, 0.5, False),
+            ("unfreeze_blocks", self.unfreeze_blocks, -1, 100, False), ("filters", self.filters, 1, 512, False),
+            ("filter_size", self.filter_size, 1, 15, False), ("depth", self.depth, 1, 6, False),
+            ("resolution", self.resolution, 16, 1024, True), ("max_seconds", self.max_seconds, 1.0, 7 * 86400.0, True),
+            ("seed", self.seed, 0, 2**31 - 1, False),
+        ]
+        for name, value, low, high, optional in checks:
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                out.append(f"{name} must be a finite number, got {value!r}")
+            elif not low <= value <= high:
+                out.append(f"{name} must be between {low:g} and {high:g}, got {value!r}")
+        if isinstance(self.filter_size, int) and self.filter_size % 2 == 0:
+            out.append(f"filter_size must be odd, got {self.filter_size}")
+        res = self.resolution or 96
+        if isinstance(self.filter_size, int) and isinstance(res, int) and self.filter_size > res:
+            out.append(f"filter_size {self.filter_size} px is larger than the {res} px input")
+        return out
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """Build from loosely typed values (UI, JSON, API): numbers as strings are accepted, junk is not."""
+        kwargs = {}
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        for name, raw in values.items():
+            if name not in types:
+                raise PlatformError(f"Unknown training parameter {name!r}")
+            if raw is None or raw == "":
+                continue
+            kwargs[name] = _coerce(name, raw, str(types[name]))
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, raw: Any, type_name: str) -> Any:
+    try:
+        if type_name.startswith("bool"):
+            if isinstance(raw, str):
+                return raw.strip().lower() in ("1", "true", "yes", "on")
+            return bool(raw)
+        if type_name.startswith("int"):
+            number = float(raw)
+            if not math.isfinite(number) or number != int(number):
+                raise ValueError
+            return int(number)
+        if type_name.startswith("float"):
+            return float(raw)
+        return str(raw).strip()
+    except (TypeError, ValueError, OverflowError):
+        raise PlatformError(f"Bad training parameters: {name} must be a number, got {raw!r}") from None

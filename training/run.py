@@ -1,0 +1,270 @@
+"""One training run, top to bottom: split → train (head / finetune / scratch) → metrics → register → activate."""
+from __future__ import annotations
+
+import copy
+import errno
+import functools
+import hashlib
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from classifier.backbone import load_model_and_processor, resolve_backbone
+from classifier.embeddings import Embedder, EmbeddingCache, FeatureModel
+from classifier.images import ImageInput
+from classifier.registry import LocalRegistry
+from settings import PlatformError, Settings
+from training import trainer
+from training.checkpoint import card_writer, write_run_files
+from training.config import TrainConfig
+from training.data import Sample
+from training.head import final_linear, train_linear_head
+from training.metrics import classification_metrics
+
+log = logging.getLogger(__name__)
+Report = Callable[[float, str], None]
+_EMBED_CHUNK = 512
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """Short sha256 over a module's tensors: names a set of backbone weights for the embedding cache."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=2)
+def _backbone(name_or_path: str, resolution: int | None) -> FeatureModel:
+    """The frozen backbone as a FeatureModel, loaded once per process (read-only)."""
+    model, processor = load_model_and_processor(name_or_path)
+    _set_resolution(processor, resolution)
+    return FeatureModel(model, processor, f"{Path(name_or_path).name}-{weights_digest(model.base_model)}")
+
+
+def _set_resolution(processor, resolution: int | None) -> None:
+    if resolution:
+        if isinstance(getattr(processor, "size", None), dict) and "shortest_edge" in processor.size:
+            processor.size = {"shortest_edge": resolution}
+        else:
+            processor.size = {"height": resolution, "width": resolution}
+        if getattr(processor, "crop_size", None):
+            processor.crop_size = {"height": resolution, "width": resolution}
+
+
+def embed_samples(embedder: Embedder, samples: list[Sample], report: Report | None = None
+                  ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Features for samples, reading image bytes only for those not yet in the cache, chunk by chunk."""
+    cached = embedder.cache.get_many([s.sha256 for s in samples]) if embedder.cache else {}
+    missing = list({s.sha256: s for s in samples if s.sha256 not in cached}.values())
+    errors: dict[str, str] = {}
+    for start in range(0, len(missing), _EMBED_CHUNK):
+        chunk = missing[start:start + _EMBED_CHUNK]
+        inputs = []
+        for s in chunk:
+            try:
+                inputs.append(ImageInput(s.name, s.read(), s.sha256))
+            except OSError as exc:
+                errors[s.sha256] = f"{s.name}: cannot read ({exc})"
+        feats, failed = embedder.embed(inputs)
+        cached.update(feats)
+        errors.update(failed)
+        if report:
+            report(min(1.0, (start + len(chunk)) / len(missing)), f"embedded {start + len(chunk)}/{len(missing)} new images")
+    return cached, errors
+
+
+def split(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Stratified split; every class keeps at least one training image."""
+    rng = random.Random(seed)
+    by_class: dict[str, list[Sample]] = {}
+    for s in sorted(samples, key=lambda s: s.sha256):
+        by_class.setdefault(s.label, []).append(s)
+    train, val = [], []
+    for items in by_class.values():
+        rng.shuffle(items)
+        n_val = min(int(len(items) * val_fraction), len(items) - 1)
+        val += items[:n_val]
+        train += items[n_val:]
+    return train, val
+
+
+def check_classes(samples: list[Sample]) -> list[str]:
+    labels = sorted({s.label for s in samples})
+    if len(samples) < 2 or len(labels) < 2:
+        raise PlatformError(
+            f"Training needs at least two classes with images; found {len(labels)} class(es) and "
+            f"{len(samples)} usable image(s). Label some images with a second class first.")
+    return labels
+
+
+def _probs(fm: FeatureModel, feats: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return torch.softmax(fm.logits(torch.from_numpy(feats)).float(), -1).numpy()
+
+
+def _set_head(model, labels: list[str], weight: torch.Tensor | None = None, bias: torch.Tensor | None = None):
+    """Give ``model`` a fresh linear classifier for ``labels`` (optionally with given weights)."""
+    old = final_linear(model.classifier)
+    new = torch.nn.Linear(old.in_features, len(labels))
+    if weight is not None:
+        with torch.no_grad():
+            new.weight.copy_(weight)
+            new.bias.copy_(bias)
+    if model.classifier is old:
+        model.classifier = new
+    else:
+        parent = next(m for m in model.classifier.modules() if any(c is old for c in m.children()))
+        name = next(n for n, c in parent.named_children() if c is old)
+        setattr(parent, name, new)
+    model.config.num_labels = len(labels)
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {name: i for i, name in enumerate(labels)}
+    return model
+
+
+def train_version(samples: list[Sample], config: TrainConfig, settings: Settings, registry: LocalRegistry, *,
+                  report: Report | None = None, should_stop: Callable[[], bool] | None = None,
+                  activate: bool = True, dataset_name: str | None = None, skipped: dict | None = None) -> dict:
+    """Train on ``samples``, register the result as the next version, activate it; returns
+    ``{"version", "metrics"}`` (metrics summary). Nothing is registered if anything fails."""
+    report = report or (lambda f, m: None)
+    started = time.monotonic()
+    check_classes(samples)
+    staged = registry.stage()
+    try:
+        result = _MODES[config.mode](samples, config, settings, staged, report, should_stop)
+        info, metrics = result
+        metrics.update(wall_time_s=round(time.monotonic() - started, 2), skipped=dict(skipped or {}, **metrics.get("skipped", {})))
+        info.update(mode=config.mode, dataset=dataset_name, classes=metrics["labels"])
+        params = config.to_dict()
+        write_run_files(staged, metrics, params)
+        report(0.99, "registering the new version")
+        version = registry.register(staged, info, finalize=card_writer(info, metrics, params))
+    except OSError as exc:
+        registry.discard(staged)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise PlatformError("The data directory ran out of disk space while saving the model; "
+                                "nothing was registered and the previous version stays active") from None
+        raise
+    except BaseException:
+        registry.discard(staged)
+        raise
+    if activate:
+        registry.set_active(version)
+    return {"version": version, "metrics": summary(metrics)}
+
+
+def summary(metrics: dict) -> dict:
+    keys = ("accuracy", "macro_f1", "ece", "train_size", "val_size", "evaluated_on", "wall_time_s", "labels", "skipped")
+    return {k: metrics.get(k) for k in keys}
+
+
+def _embedded_split(samples, config, settings, report, fm):
+    """Embed through the cache, drop undecodable images, split; shared by head and finetune."""
+    embedder = Embedder(fm, EmbeddingCache(settings.embeddings_dir, fm.cache_key), settings.max_image_pixels)
+    feats, errors = embed_samples(embedder, samples, lambda f, m: report(0.05 + 0.45 * f, m))
+    usable = [s for s in samples if s.sha256 in feats]
+    labels = check_classes(usable)
+    train, val = split(usable, config.val_fraction, config.seed)
+    index = {name: i for i, name in enumerate(labels)}
+    skipped = {"undecodable image": len({s.sha256 for s in samples if s.sha256 in errors})} if errors else {}
+    return feats, train, val, labels, index, skipped
+
+
+def _evaluate(fm: FeatureModel, feats, train, val, index, labels) -> dict:
+    evaluated = val or train
+    x = np.stack([feats[s.sha256] for s in evaluated])
+    metrics = classification_metrics(np.array([index[s.label] for s in evaluated]), _probs(fm, x), labels)
+    metrics.update(train_size=len(train), val_size=len(val), evaluated_on="validation" if val else "train")
+    return metrics
+
+
+def _fit_head(feats, train, index, labels, config, report, should_stop):
+    x = np.stack([feats[s.sha256] for s in train])
+    y = np.array([index[s.label] for s in train])
+    return train_linear_head(x, y, len(labels), lr=config.lr if config.mode == "head" else 3e-3,
+                             batch_size=config.batch_size if config.mode == "head" else 256,
+                             epochs=config.epochs if config.mode == "head" else 60,
+                             weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
+                             seed=config.seed, report=report, should_stop=should_stop,
+                             max_seconds=config.max_seconds)
+
+
+def _train_head(samples, config, settings, staged, report, should_stop):
+    backbone = resolve_backbone(config.backbone or settings.backbone, settings.backbones_dir)
+    fm = _backbone(backbone, config.resolution)
+    feats, train, val, labels, index, skipped = _embedded_split(samples, config, settings, report, fm)
+    weight, bias, curve = _fit_head(feats, train, index, labels, config, lambda f, m: report(0.5 + 0.45 * f, m), should_stop)
+    model = _set_head(copy.deepcopy(fm.model), labels, weight, bias)
+    head_fm = FeatureModel(model, None, fm.backbone_id)
+    head_fm.resolution, head_fm.mean, head_fm.std = fm.resolution, fm.mean, fm.std
+    metrics = _evaluate(head_fm, feats, train, val, index, labels)
+    metrics.update(loss_curve=curve, skipped=skipped)
+    model.save_pretrained(staged)
+    _processor_for(backbone, config.resolution).save_pretrained(staged)
+    return {"backbone": config.backbone or settings.backbone or "bundled", "backbone_id": fm.backbone_id}, metrics
+
+
+def _processor_for(backbone: str, resolution: int | None):
+    from transformers import AutoImageProcessor
+    processor = AutoImageProcessor.from_pretrained(backbone)
+    _set_resolution(processor, resolution)
+    return processor
+
+
+def _train_finetune(samples, config, settings, staged, report, should_stop):
+    backbone = resolve_backbone(config.backbone or settings.backbone, settings.backbones_dir)
+    fm = _backbone(backbone, config.resolution)
+    feats, train, val, labels, index, skipped = _embedded_split(samples, config, settings, report, fm)
+    weight, bias, _ = _fit_head(feats, train, index, labels, config, None, should_stop)  # warm start
+    model, _ = load_model_and_processor(backbone)
+    model = _set_head(model, labels, weight, bias)
+    trainable = trainer.freeze_all_but_last(model, config.unfreeze_blocks)
+    log.info("finetune: %d trainable parameters", trainable)
+    dataset = trainer.ImageDataset(train, [index[s.label] for s in train], fm.resolution, fm.mean, fm.std,
+                                   config.augment, settings.max_image_pixels, config.seed)
+    curve = trainer.fit(model, dataset, config, lambda f, m: report(0.5 + 0.45 * f, m), should_stop)
+    return _save_and_evaluate(model, _processor_for(backbone, config.resolution), staged, samples, train, val,
+                              labels, index, settings, curve, skipped, {"backbone": config.backbone or settings.backbone or "bundled"})
+
+
+def _train_scratch(samples, config, settings, staged, report, should_stop):
+    labels = check_classes(samples)
+    train, val = split(samples, config.val_fraction, config.seed)
+    index = {name: i for i, name in enumerate(labels)}
+    model, processor = trainer.build_scratch_model(config, labels)
+    dataset = trainer.ImageDataset(train, [index[s.label] for s in train], config.resolution, processor.image_mean,
+                                   processor.image_std, config.augment, settings.max_image_pixels, config.seed)
+    curve = trainer.fit(model, dataset, config, lambda f, m: report(0.05 + 0.9 * f, m), should_stop)
+    return _save_and_evaluate(model, processor, staged, samples, train, val, labels, index, settings, curve, {},
+                              {"backbone": f"scratch ({config.filters} filters, {config.filter_size}px kernels, depth {config.depth})"})
+
+
+def _save_and_evaluate(model, processor, staged, samples, train, val, labels, index, settings, curve, skipped, info):
+    model.eval()
+    model.save_pretrained(staged)
+    processor.save_pretrained(staged)
+    fm = FeatureModel(model, processor, f"w{weights_digest(model.base_model)}")
+    embedder = Embedder(fm, EmbeddingCache(settings.embeddings_dir, fm.cache_key), settings.max_image_pixels)
+    feats, errors = embed_samples(embedder, val)
+    val_ok = [s for s in val if s.sha256 in feats]
+    if not val_ok:  # tiny data: no validation split, so report on the training images (labelled as such)
+        feats, errors = embed_samples(embedder, train)
+    train_ok = [s for s in train if s.sha256 in feats] if not val_ok else train
+    if not val_ok and not train_ok:
+        raise PlatformError("None of the images could be decoded; nothing to evaluate")
+    metrics = _evaluate(fm, feats, train_ok, val_ok, index, labels)
+    if errors:
+        skipped = dict(skipped, **{"undecodable image": len(errors)})
+    metrics.update(loss_curve=curve, skipped=skipped, train_size=len(train))
+    return dict(info, backbone_id=fm.backbone_id), metrics
+
+
+_MODES = {"head": _train_head, "finetune": _train_finetune, "scratch": _train_scratch}

@@ -1,0 +1,165 @@
+"""``finetune`` and ``scratch`` modes: a full model trained with ``transformers.Trainer``.
+
+The same code runs on one CPU, one GPU, or under ``accelerate launch`` / ``torchrun``.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+from classifier.images import ImageInput, decode, resize_center_crop, to_array
+from settings import PlatformError
+from training.config import TrainConfig
+from training.data import Sample
+
+log = logging.getLogger(__name__)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Decodes samples on the fly; random resized crops and flips when ``augment`` is on."""
+
+    def __init__(self, samples: list[Sample], targets: list[int], resolution: int, mean, std,
+                 augment: bool, max_pixels: int, seed: int):
+        self.samples, self.targets = samples, targets
+        self.resolution, self.mean, self.std = resolution, mean, std
+        self.augment, self.max_pixels = augment, max_pixels
+        self.rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _random_crop(self, img: Image.Image) -> Image.Image:
+        width, height = img.size
+        area = width * height * self.rng.uniform(0.5, 1.0)
+        ratio = np.exp(self.rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        w = int(min(width, round((area * ratio) ** 0.5)))
+        h = int(min(height, round((area / ratio) ** 0.5)))
+        left, top = self.rng.randint(0, width - w), self.rng.randint(0, height - h)
+        img = img.crop((left, top, left + w, top + h))
+        if self.rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return img
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        try:
+            img = decode(ImageInput(sample.name, sample.read(), sample.sha256), self.max_pixels)
+        except (PlatformError, OSError):
+            return None  # dropped by the collator; counted before training
+        if self.augment:
+            img = self._random_crop(img)
+        return {"pixel_values": torch.from_numpy(to_array(img, self.resolution, self.mean, self.std)),
+                "labels": self.targets[index]}
+
+
+def collate(items):
+    items = [i for i in items if i is not None]
+    if not items:
+        return {"pixel_values": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+    return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
+            "labels": torch.tensor([i["labels"] for i in items], dtype=torch.long)}
+
+
+class _Progress(TrainerCallback):
+    """Feeds the loss curve and progress out of Trainer, and stops it on request or at a time budget."""
+
+    def __init__(self, report, should_stop, max_seconds):
+        self.report, self.should_stop, self.max_seconds = report, should_stop, max_seconds
+        self.curve: list[dict] = []
+        self.started = time.monotonic()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.curve.append({"epoch": round(float(state.epoch or 0), 3), "loss": round(float(logs["loss"]), 5)})
+            if self.report:
+                self.report(state.global_step / max(state.max_steps, 1),
+                            f"step {state.global_step}/{state.max_steps} · loss {logs['loss']:.4f}")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        over_time = self.max_seconds and time.monotonic() - self.started > self.max_seconds
+        if over_time or (self.should_stop and self.should_stop()):
+            control.should_training_stop = True
+
+
+def fit(model, train_set: ImageDataset, config: TrainConfig, report=None, should_stop=None) -> list[dict]:
+    """Train ``model`` in place with Trainer; returns the loss curve."""
+    steps_per_epoch = max(1, -(-len(train_set) // config.batch_size))
+    with tempfile.TemporaryDirectory(prefix="trainer-") as scratch_dir:
+        args = TrainingArguments(
+            output_dir=scratch_dir, per_device_train_batch_size=config.batch_size,
+            num_train_epochs=config.epochs, learning_rate=config.lr, weight_decay=config.weight_decay,
+            label_smoothing_factor=config.label_smoothing, lr_scheduler_type="cosine", warmup_steps=0,
+            logging_steps=max(1, min(10, steps_per_epoch // 2)), save_strategy="no", eval_strategy="no",
+            report_to="none", disable_tqdm=True, seed=config.seed, dataloader_num_workers=0,
+            remove_unused_columns=False,
+        )
+        callback = _Progress(report, should_stop, config.max_seconds)
+        trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=collate,
+                          callbacks=[callback])
+        trainer.remove_callback(PrinterCallback)  # progress goes through ``report`` and logging instead
+        trainer.train()
+    model.eval()
+    return callback.curve
+
+
+def freeze_all_but_last(model, blocks: int) -> int:
+    """Freeze the backbone except its last ``blocks`` blocks and everything after them (-1 = train all).
+
+    Blocks are the entries of the backbone's largest ``nn.ModuleList``; returns trainable parameter count.
+    """
+    base = model.base_model
+    if blocks != -1:
+        lists = [(name, m) for name, m in base.named_modules() if isinstance(m, torch.nn.ModuleList)]
+        if not lists:
+            raise PlatformError("This backbone has no block list; use unfreeze_blocks=-1 to train all of it")
+        name, blocks_list = max(lists, key=lambda item: len(item[1]))
+        first = blocks_list[max(0, len(blocks_list) - blocks)] if blocks > 0 else None
+        first_param = next(first.parameters()) if first is not None else None
+        trainable = False
+        for param in base.parameters():
+            trainable = trainable or (first_param is not None and param is first_param)
+            param.requires_grad = trainable
+    for module in base.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            # Small fine-tuning batches make batch statistics noisy; keep the pretrained ones (eval mode).
+            module.train = functools.partial(_stay_eval, module)
+            module.eval()
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _stay_eval(module: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
+    return torch.nn.Module.train(module, False)
+
+
+def build_scratch_model(config: TrainConfig, labels: list[str]):
+    """A small CNN from the stock EfficientNet architecture: ``filters`` in the first layer, doubling each
+    of ``depth`` stages, every convolution ``filter_size`` pixels wide."""
+    from transformers import EfficientNetConfig, EfficientNetForImageClassification, MobileNetV2ImageProcessor
+    from transformers.models.efficientnet.modeling_efficientnet import round_filters
+
+    depth, width = config.depth, config.filters / 32.0
+    channels = [32 * 2 ** i for i in range(depth + 1)]
+    cfg = EfficientNetConfig(
+        image_size=config.resolution, width_coefficient=width, depth_coefficient=1.0, depth_divisor=4,
+        kernel_sizes=[config.filter_size] * depth, in_channels=channels[:-1], out_channels=channels[1:],
+        strides=[2] * depth, num_block_repeats=[1] * depth, expand_ratios=[1] + [4] * (depth - 1),
+        dropout_rate=0.2, drop_connect_rate=0.0, id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
+    cfg.hidden_dim = round_filters(cfg, 1280)
+    torch.manual_seed(config.seed)
+    model = EfficientNetForImageClassification(cfg)
+    processor = MobileNetV2ImageProcessor(
+        size={"shortest_edge": config.resolution}, crop_size={"height": config.resolution, "width": config.resolution},
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    return model, processor
