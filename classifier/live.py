@@ -1,0 +1,85 @@
+"""The active model of a running process: loaded once, swapped atomically, safe under concurrent requests.
+
+A request takes :meth:`LiveModel.current` once and uses that predictor to the end, so a swap never
+mixes two versions inside one response.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from classifier.predict import Predictor
+from classifier.registry import LocalRegistry
+from settings import PlatformError, Settings
+
+log = logging.getLogger(__name__)
+
+
+class LiveModel:
+    """Owns the active :class:`Predictor` behind a lock."""
+
+    def __init__(self, registry: LocalRegistry, settings: Settings):
+        self.registry = registry
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._predictor: Predictor | None = None
+        self._loaded = False
+        self.warning: str | None = None
+        """Why the registry's active version is not the one served, if it is not."""
+
+    def load(self, version: str) -> Predictor:
+        """Verify and load a version without activating it; a damaged version raises PlatformError."""
+        info = self.registry.verify(version)
+        try:
+            return Predictor.load(info.path, version, self.settings.embeddings_dir, self.settings.max_image_pixels)
+        except PlatformError as exc:
+            raise PlatformError(f"Model version {version} cannot be loaded: {exc}") from None
+
+    def _initial(self) -> Predictor | None:
+        """The active version, or — if it is damaged — the newest version that still loads."""
+        active = self.registry.active()
+        candidates = ([active] if active else []) + [v.version for v in reversed(self.registry.versions()) if v.version != active]
+        for version in candidates:
+            try:
+                predictor = self.load(version)
+            except PlatformError as exc:
+                log.warning("%s", exc)
+                self.warning = str(exc)
+                continue
+            if version != active and active:
+                self.warning = f"{self.warning} Serving {version} instead."
+            return predictor
+        return None
+
+    def current(self) -> Predictor | None:
+        """The predictor to use for one request (None when no version exists yet)."""
+        with self._lock:
+            if not self._loaded:
+                self._predictor = self._initial()
+                self._loaded = True
+            return self._predictor
+
+    def require(self) -> Predictor:
+        predictor = self.current()
+        if predictor is None:
+            raise PlatformError("No model has been trained yet: train one first (Train tab, /retrain, or python -m training)")
+        return predictor
+
+    def activate(self, version: str) -> Predictor:
+        """Load ``version`` fully, then make it active here and in the registry in one step."""
+        predictor = self.load(version)  # slow part outside the lock; in-flight requests keep the old one
+        with self._lock:
+            self.registry.set_active(version)
+            self._predictor, self._loaded, self.warning = predictor, True, None
+        log.info("Active model is now %s", version)
+        return predictor
+
+    def refresh(self) -> None:
+        """Follow an activation made by another process (e.g. the training CLI)."""
+        active = self.registry.active()
+        current = self.current()
+        if active and (current is None or current.version != active):
+            try:
+                self.activate(active)
+            except PlatformError as exc:
+                self.warning = str(exc)
