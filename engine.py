@@ -8,6 +8,7 @@ import sys
 import threading
 from typing import Callable
 
+from classifier.images import decode, save_thumbnail
 from classifier.live import LiveModel
 from classifier.registry import LocalRegistry
 from classifier.uploads import expand_uploads
@@ -40,6 +41,7 @@ class Engine:
         self._store = None
         self._store_lock = threading.Lock()
         self.store_error: str | None = None
+        self.thumbs_dir = settings.data_dir / "thumbs"
 
     # --- labelling store -------------------------------------------------------------------------
     def store(self):
@@ -62,16 +64,24 @@ class Engine:
                 self._store = None
 
     # --- prediction ------------------------------------------------------------------------------
-    def predict(self, sources, progress: Progress | None = None) -> dict:
+    def predict(self, sources, progress: Progress | None = None, thumbnails: bool = False) -> dict:
         """Predict uploaded files (paths, bytes, .zip archives); records images and predictions in the store.
 
         Returns ``{"results", "errors", "batch_id", "model_version", "store_error"}``; a store outage
-        never stops predictions.
+        never stops predictions. With no trained version yet, results carry ``label`` None (nothing is
+        invented) so the images can still be labelled. ``thumbnails`` adds a ``thumbnail`` path per result.
         """
-        predictor = self.live.require()
+        predictor = self.live.current()
         images, errors = expand_uploads(sources, self.settings.max_batch)
-        results, bad = predictor.predict_batch(images, progress=progress)
+        if predictor is not None:
+            results, bad = predictor.predict_batch(images, progress=progress)
+        else:
+            results, bad = self._unpredicted(images)
         errors += bad
+        if thumbnails:
+            by_sha = {i.sha256: i for i in images}
+            for r in results:
+                r["thumbnail"] = str(save_thumbnail(by_sha[r["sha256"]], self.thumbs_dir, self.settings.max_image_pixels))
         batch_id, store_error = None, None
         if results:
             good = {r["sha256"] for r in results}
@@ -83,7 +93,20 @@ class Engine:
                 store_error = f"Predictions were not recorded: {exc}"
                 log.warning("%s", store_error)
         return {"results": results, "errors": errors, "batch_id": batch_id,
-                "model_version": predictor.version, "store_error": store_error}
+                "model_version": predictor.version if predictor else None, "store_error": store_error}
+
+    def _unpredicted(self, images) -> tuple[list[dict], list[dict]]:
+        """Rows for images when no model exists: decodable ones, with no label."""
+        results, errors = [], []
+        for img in images:
+            try:
+                decode(img, self.settings.max_image_pixels, draft_size=64)
+            except PlatformError as exc:
+                errors.append({"file": img.name, "error": str(exc)})
+                continue
+            results.append({"file": img.name, "sha256": img.sha256, "label": None, "confidence": None,
+                            "top_k": [], "model_version": None})
+        return results, errors
 
     def classes(self) -> list[str]:
         predictor = self.live.current()

@@ -92,7 +92,11 @@ def decode(image: ImageInput, max_pixels: int, draft_size: int | None = None) ->
             return _flatten(img)
     except PlatformError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own guard fires inside Image.open, before our check sees the size.
+        limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+        raise PlatformError(f"{image.name}: the image is over the limit of {limit:,} pixels") from None
+    except UnidentifiedImageError:
         raise PlatformError(f"{image.name}: not a readable image (JPEG, PNG, WebP, GIF, BMP or TIFF)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise PlatformError(f"{image.name}: the image is damaged or truncated ({exc})") from None
@@ -120,3 +124,16 @@ def list_image_files(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursive, sorted, hidden files skipped)."""
     return sorted(p for p in folder.rglob("*")
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def save_thumbnail(image: ImageInput, folder: Path, max_pixels: int, size: int = 192) -> Path:
+    """Write (once) a small JPEG of the image, at most ``size`` pixels per side, named by its sha256."""
+    path = folder / image.sha256[:2] / f"{image.sha256}.jpg"
+    if not path.is_file():
+        img = decode(image, max_pixels, draft_size=size)
+        img.thumbnail((size, size), Image.Resampling.BILINEAR)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        img.save(tmp, format="JPEG", quality=85)
+        tmp.replace(path)
+    return path

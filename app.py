@@ -1,0 +1,393 @@
+"""The Gradio app: predict up to 128 images, see and correct them, retrain, serve the new version at once.
+
+Run ``python app.py`` (``--help`` for options). The UI only wires components to :class:`engine.Engine`;
+every public endpoint has an explicit ``api_name`` for ``gradio_client``.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import random
+import time
+
+import gradio as gr
+import pandas as pd
+
+from classifier.images import list_image_files
+from engine import Engine
+from settings import PlatformError, Settings, get_settings
+from ui import auth, plots, views
+
+log = logging.getLogger("app")
+API_RESULT_KEYS = ("file", "sha256", "label", "confidence", "top_k", "model_version")
+MODES = ["head", "finetune", "scratch"]
+
+
+def user_errors(fn):
+    """Turn PlatformError into gr.Error, so the user sees the message and never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PlatformError as exc:
+            raise gr.Error(str(exc)) from None
+    return wrapper
+
+
+def _oauth_profile(request):
+    try:
+        return ((request.session or {}).get("oauth_info") or {}).get("userinfo")
+    except (AssertionError, AttributeError):  # no session middleware: OAuth is off
+        return None
+
+
+class Handlers:
+    """Thin adapters from component values to the engine and back."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.settings: Settings = engine.settings
+
+    def writer(self, session_user, request) -> str:
+        return auth.writer(self.settings, session_user, request, _oauth_profile(request))
+
+    # --- predict tab ---
+    def _views(self, batch, threshold, sort, class_filter, labels=None):
+        results = batch["results"]
+        return (views.gallery(results, sort, class_filter, threshold),
+                views.table(results, sort, class_filter, threshold, labels or batch.get("saved")))
+
+    def show_predictions(self, files, threshold, sort, progress=gr.Progress()):
+        progress(0, desc="reading images")
+        result = self.engine.predict(files, progress=lambda f, m: progress(f, desc=m), thumbnails=True)
+        batch = {"results": result["results"], "batch_id": result["batch_id"], "saved": {}}
+        gallery, table = self._views(batch, threshold, sort, "all")
+        classes = sorted({r["label"] for r in result["results"] if r.get("label")})
+        text, _, _ = views.batch_accuracy(batch["results"], {})
+        return (batch, gallery, table, views.summary(result, threshold),
+                plots.class_distribution(batch["results"]), plots.confidence_histogram(batch["results"], threshold),
+                gr.update(choices=["all"] + classes, value="all"), text, None)
+
+    def sample(self, root_index, count, threshold, sort, progress=gr.Progress()):
+        roots = self.settings.sample_roots
+        if root_index is None or not 0 <= int(root_index) < len(roots):
+            raise PlatformError("Choose one of the configured sample folders")
+        files = list_image_files(roots[int(root_index)])
+        if not files:
+            raise PlatformError("That folder holds no images")
+        count = max(1, min(int(count or 1), self.settings.max_batch, len(files)))
+        return self.show_predictions(random.sample(files, count), threshold, sort, progress)
+
+    def reorder(self, batch, threshold, sort, class_filter, frame):
+        if not batch:
+            return [], views.table([], sort, class_filter, threshold)
+        labels = dict(batch.get("saved", {}), **views.edited_labels(frame, batch["results"]))
+        return self._views(batch, threshold, sort, class_filter, labels)
+
+    def bulk(self, frame, label, only_low):
+        return views.bulk_assign(frame, label, only_low)
+
+    def save(self, batch, frame, session_user, request: gr.Request):
+        if not batch or not batch["results"]:
+            raise PlatformError("Predict a batch first")
+        user = self.writer(session_user, request)
+        labels = views.edited_labels(frame, batch["results"])
+        if not labels:
+            raise PlatformError("There are no labels to save: type or choose labels in the 'label' column")
+        result = self.engine.save_labels([{"sha256": s, "label": lab} for s, lab in labels.items()], user=user)
+        batch = dict(batch, saved=dict(batch.get("saved", {}), **result.get("labels", labels)))
+        text, human, predicted = views.batch_accuracy(batch["results"], batch["saved"])
+        new = f" New classes: {', '.join(result['new_classes'])}." if result.get("new_classes") else ""
+        message = (f"Saved {result['saved']} label(s) as **{user}** ({result.get('unchanged', 0)} unchanged).{new} "
+                   "Retrain in the Train tab to use them.")
+        return batch, message, text, plots.confusion(human, predicted, "This batch: human label vs prediction")
+
+    # --- train tab ---
+    def train(self, mode, lr, batch_size, epochs, val_fraction, unfreeze_blocks, filters, filter_size, depth,
+              session_user, request: gr.Request, progress=gr.Progress()):
+        user = self.writer(session_user, request)
+        previous = self.engine.registry.active()
+        params = {"mode": mode, "lr": lr, "batch_size": batch_size, "epochs": epochs, "val_fraction": val_fraction,
+                  "unfreeze_blocks": unfreeze_blocks, "filters": filters, "filter_size": filter_size, "depth": depth}
+        job = self.engine.start_training({k: v for k, v in params.items() if v is not None}, user)
+        while job.finished is None:
+            progress(job.progress, desc=job.message or "training")
+            time.sleep(0.5)
+        if job.state != "done":
+            raise PlatformError(job.error or f"Training {job.state}")
+        return self.compare(job.result["version"], previous) + (self.models_table(),)
+
+    def compare(self, version, previous):
+        """Markdown, confusion matrix, per-class F1 and loss curves of a version next to another."""
+        new = self.engine.registry.get(version).metrics()
+        old = self.engine.registry.get(previous).metrics() if previous and previous != version else None
+        rows = [("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("calibration error", "ece"),
+                ("train / val images", None), ("wall time (s)", "wall_time_s")]
+        lines = [f"| | **{version}** | {previous if old else '—'} |", "|---|---|---|"]
+        for name, key in rows:
+            get = (lambda m: f"{m.get('train_size')} / {m.get('val_size')}") if key is None else (lambda m, k=key: m.get(k))
+            lines.append(f"| {name} | {get(new)} | {get(old) if old else '—'} |")
+        text = f"### {version} is live\n" + "\n".join(lines)
+        return (text, plots.confusion_from_matrix(new.get("confusion_matrix", []), new.get("labels", []),
+                                                  f"{version} on its validation images"),
+                plots.f1_comparison(new, old, version, previous),
+                plots.loss_curves({version: new.get("loss_curve", []), **({previous: old.get("loss_curve", [])} if old else {})}))
+
+    def training_status(self):
+        job = self.engine.jobs.latest()
+        if job is None:
+            return "No training run yet in this session of the server.", None
+        snap = job.snapshot()
+        state = {"running": f"⏳ training ({snap['progress']:.0%}): {snap['message']}", "queued": "⏳ starting",
+                 "done": f"✅ {snap['message']}", "failed": f"❌ {snap['error']}"}.get(snap["state"], snap["state"])
+        return f"**Latest run** by {snap['user']}: {state}", plots.live_loss(snap["losses"])
+
+    # --- models tab ---
+    def models_table(self):
+        rows = [[m["version"], "✅" if m["active"] else "", m["mode"], m["created"], m["metrics"].get("accuracy"),
+                 m["metrics"].get("macro_f1"), m["metrics"].get("ece"), m["metrics"].get("train_size"),
+                 len(m["classes"])] for m in reversed(self.engine.models())]
+        return pd.DataFrame(rows, columns=["version", "active", "mode", "created", "accuracy", "macro-F1", "ECE",
+                                           "train images", "classes"])
+
+    def models_refresh(self):
+        versions = [m["version"] for m in reversed(self.engine.models())]
+        return self.models_table(), gr.update(choices=versions, value=versions[0] if versions else None)
+
+    def activate_version(self, version, session_user, request: gr.Request):
+        self.writer(session_user, request)
+        if not version:
+            raise PlatformError("Choose a version to activate")
+        self.engine.activate(version)
+        return (f"✅ {version} is now active: the next prediction uses it.",) + self.models_refresh()
+
+    def version_details(self, version):
+        if not version:
+            return "", None, None, None
+        return self.compare(version, None)
+
+    def status_text(self):
+        s = self.engine.status()
+        parts = [f"**Model:** {s['active_version'] or 'none trained yet'}", f"**classes:** {len(s['classes'])}",
+                 f"**labelled images:** {s['labelled_images'] if s['labelled_images'] is not None else '?'}",
+                 "**training…**" if s["training"] else "idle"]
+        notes = [n for n in (s.get("model_warning"), s.get("store_error")) if n]
+        if not s["active_version"]:
+            where = f"the dataset `{s['dataset']}`" if s["dataset"] else "the images you label"
+            notes.append(f"No model is trained yet: predict a batch to label it, or train now on {where} (Train tab).")
+        return " · ".join(parts) + "".join(f"\n\n⚠ {n}" for n in notes)
+
+    def login(self, user, password):
+        if auth.check_password(self.settings, user, password):
+            return user.strip(), f"Logged in as **{user.strip()}**."
+        raise PlatformError("Wrong user name or password")
+
+    # --- API (gradio_client) ---
+    def api_predict(self, files):
+        result = self.engine.predict(files)
+        rows = [{k: r[k] for k in API_RESULT_KEYS} for r in result["results"]]
+        if not rows and result["errors"]:
+            raise PlatformError("; ".join(e["error"] for e in result["errors"][:10]))
+        return rows + [{"file": e["file"], "error": e["error"]} for e in result["errors"]]
+
+
+def build_app(engine: Engine) -> gr.Blocks:
+    h = Handlers(engine)
+    s = engine.settings
+    with gr.Blocks(title="Image classifier — label, retrain, serve", delete_cache=(3600, 86400)) as demo:
+        session_user = gr.State(None)
+        batch = gr.State(None)
+        gr.Markdown("# Image classifier\nPredict a batch, fix the wrong labels, retrain, and the new version is live at once.")
+        status = gr.Markdown(elem_id="status")
+        with gr.Row():
+            if s.space_id and s.oauth_allowed:
+                gr.LoginButton()
+            if s.app_users:
+                with gr.Accordion("Log in to save labels, train and activate versions", open=False):
+                    with gr.Row():
+                        login_user = gr.Textbox(label="user", scale=1)
+                        login_pw = gr.Textbox(label="password", type="password", scale=1)
+                        login_btn = gr.Button("Log in", scale=0)
+                    login_msg = gr.Markdown()
+                login_btn.click(user_errors(h.login), [login_user, login_pw], [session_user, login_msg],
+                                api_visibility="private")
+
+        with gr.Tab("Predict & label"):
+            with gr.Row():
+                files = gr.File(label=f"Images or a .zip (up to {s.max_batch})", file_count="multiple",
+                                file_types=["image", ".zip"], elem_id="upload", scale=3)
+                with gr.Column(scale=1):
+                    predict_btn = gr.Button("Predict", variant="primary", elem_id="predict-btn")
+                    threshold = gr.Slider(0, 1, value=0.6, step=0.05, label="low-confidence threshold")
+                    if s.sample_roots:
+                        root = gr.Dropdown([(str(p), i) for i, p in enumerate(s.sample_roots)], value=0,
+                                           label="server folder")
+                        count = gr.Number(value=min(128, s.max_batch), precision=0, minimum=1, maximum=s.max_batch,
+                                          label="images to sample")
+                        sample_btn = gr.Button("Sample & predict", elem_id="sample-btn")
+            summary = gr.Markdown(elem_id="batch-summary")
+            with gr.Row():
+                sort = gr.Radio(views.SORTS, value=views.SORTS[0], label="order")
+                class_filter = gr.Dropdown(["all"], value="all", label="show predicted class")
+            gallery = gr.Gallery(label="Predictions", columns=8, height=520, object_fit="contain",
+                                 allow_preview=True, elem_id="gallery")
+            with gr.Row():
+                dist_plot = gr.Plot(label="predicted classes")
+                conf_plot = gr.Plot(label="confidence")
+            gr.Markdown("**Correct the labels** in the *label* column (an existing class or a new name), "
+                        "or tick *select* and assign a class to many rows at once. Then **Save labels**.")
+            with gr.Row():
+                bulk_label = gr.Dropdown(engine.classes(), allow_custom_value=True, label="class to assign", scale=2)
+                bulk_sel_btn = gr.Button("Assign to selected rows", scale=1)
+                bulk_low_btn = gr.Button("Assign to all low-confidence rows", scale=1)
+            editor = gr.Dataframe(headers=views.COLUMNS, datatype=views.DATATYPES, interactive=True,
+                                  static_columns=[0, 1, 2, 3, 4, 5], max_height=600, elem_id="editor",
+                                  label="label editor")
+            with gr.Row():
+                save_btn = gr.Button("Save labels", variant="primary", elem_id="save-btn")
+                save_msg = gr.Markdown(elem_id="save-msg")
+            with gr.Row():
+                batch_acc = gr.Markdown()
+                batch_conf = gr.Plot(label="batch confusion matrix")
+
+        with gr.Tab("Train"):
+            gr.Markdown("Trains on " + (f"the dataset `{s.dataset}` plus " if s.dataset else "") +
+                        "every label saved in the store; the new version becomes active when training ends. "
+                        "Blank fields use the mode's defaults.")
+            with gr.Row():
+                mode = gr.Radio(MODES, value="head", label="mode", info="head: seconds · finetune/scratch: minutes")
+                lr = gr.Number(None, label="learning rate", minimum=0)
+                batch_size = gr.Number(None, precision=0, label="batch size", minimum=1)
+                epochs = gr.Number(None, precision=0, label="epochs", minimum=1)
+                val_fraction = gr.Slider(0, 0.5, value=0.2, step=0.05, label="validation fraction")
+            with gr.Accordion("finetune / scratch options", open=False):
+                with gr.Row():
+                    unfreeze = gr.Number(4, precision=0, label="finetune: blocks to unfreeze (-1 = all)")
+                    filters = gr.Number(32, precision=0, label="scratch: filters")
+                    filter_size = gr.Number(3, precision=0, label="scratch: filter size (px)")
+                    depth = gr.Number(3, precision=0, label="scratch: depth (stages)")
+            train_btn = gr.Button("Train a new version", variant="primary", elem_id="train-btn")
+            train_status = gr.Markdown(elem_id="train-status")
+            live_loss = gr.Plot(label="live loss")
+            compare_md = gr.Markdown(elem_id="train-result")
+            with gr.Row():
+                train_conf = gr.Plot(label="confusion matrix")
+                train_f1 = gr.Plot(label="per-class F1")
+                train_loss = gr.Plot(label="loss curve")
+
+        with gr.Tab("Models"):
+            models_df = gr.Dataframe(h.models_table(), interactive=False, label="versions", elem_id="models")
+            with gr.Row():
+                version_pick = gr.Dropdown([m["version"] for m in reversed(engine.models())], label="version")
+                activate_btn = gr.Button("Activate (rollback)", elem_id="activate-btn")
+                refresh_btn = gr.Button("Refresh")
+            activate_msg = gr.Markdown()
+            details_md = gr.Markdown()
+            with gr.Row():
+                details_conf, details_f1, details_loss = gr.Plot(), gr.Plot(), gr.Plot()
+
+        # hidden components backing the API endpoints
+        api_files = gr.File(file_count="multiple", visible=False)
+        api_out = gr.JSON(visible=False)
+        api_btn = gr.Button(visible=False)
+
+        predict_outputs = [batch, gallery, editor, summary, dist_plot, conf_plot, class_filter, batch_acc, batch_conf]
+        predict_btn.click(user_errors(h.show_predictions), [files, threshold, sort], predict_outputs,
+                          concurrency_id="predict", concurrency_limit=2, api_visibility="private")
+        if s.sample_roots:
+            sample_btn.click(user_errors(h.sample), [root, count, threshold, sort], predict_outputs,
+                             concurrency_id="predict", concurrency_limit=2, api_visibility="private")
+        for trigger in (sort.change, class_filter.change, threshold.release):
+            trigger(user_errors(h.reorder), [batch, threshold, sort, class_filter, editor], [gallery, editor],
+                    api_visibility="private")
+        bulk_sel_btn.click(user_errors(functools.partial(h.bulk, only_low=False)), [editor, bulk_label], editor,
+                           api_visibility="private")
+        bulk_low_btn.click(user_errors(functools.partial(h.bulk, only_low=True)), [editor, bulk_label], editor,
+                           api_visibility="private")
+        save_btn.click(user_errors(h.save), [batch, editor, session_user], [batch, save_msg, batch_acc, batch_conf],
+                       api_visibility="private")
+        train_btn.click(user_errors(h.train), [mode, lr, batch_size, epochs, val_fraction, unfreeze, filters,
+                                               filter_size, depth, session_user],
+                        [compare_md, train_conf, train_f1, train_loss, models_df],
+                        concurrency_id="train", concurrency_limit=1, api_visibility="private")
+        gr.Timer(2.0).tick(h.training_status, None, [train_status, live_loss], api_visibility="private")
+        gr.Timer(5.0).tick(h.status_text, None, status, api_visibility="private")
+        refresh_btn.click(h.models_refresh, None, [models_df, version_pick], api_visibility="private")
+        activate_btn.click(user_errors(h.activate_version), [version_pick, session_user],
+                           [activate_msg, models_df, version_pick], api_visibility="private")
+        version_pick.change(user_errors(h.version_details), version_pick,
+                            [details_md, details_conf, details_f1, details_loss], api_visibility="private")
+        demo.load(h.status_text, None, status, api_visibility="private")
+
+        _register_api(engine, h, api_btn, api_files, api_out)
+    return demo
+
+
+def _register_api(engine: Engine, h: Handlers, api_btn, api_files, api_out) -> None:
+    """The public endpoints for gradio_client: /predict /save_labels /retrain /models /activate /status."""
+    api_btn.click(user_errors(h.api_predict), api_files, api_out, api_name="predict",
+                  concurrency_id="predict", concurrency_limit=2)
+
+    @user_errors
+    def save_labels(labels: list[dict], request: gr.Request) -> dict:
+        """Save human labels: a list of {"sha256": ..., "label": ...} → {saved, new_classes}."""
+        result = engine.save_labels(labels, user=h.writer(None, request))
+        return {"saved": result["saved"], "new_classes": result["new_classes"]}
+
+    @user_errors
+    def retrain(mode: str = "head", lr: float | None = None, batch_size: int | None = None, epochs: int | None = None,
+                val_fraction: float = 0.2, unfreeze_blocks: int = 4, filters: int = 32, filter_size: int = 3,
+                depth: int = 3, request: gr.Request = None) -> dict:
+        """Train on DATASET + every human label, register and activate the new version → {version, metrics}."""
+        user = h.writer(None, request)
+        params = {"mode": mode, "lr": lr, "batch_size": batch_size, "epochs": epochs, "val_fraction": val_fraction,
+                  "unfreeze_blocks": unfreeze_blocks, "filters": filters, "filter_size": filter_size, "depth": depth}
+        return engine.retrain({k: v for k, v in params.items() if v is not None}, user=user)
+
+    def models() -> list[dict]:
+        """Every version with its metrics: [{version, active, created, metrics}]."""
+        return engine.models()
+
+    @user_errors
+    def activate(version: str, request: gr.Request) -> dict:
+        """Make a version (e.g. "v1") the active one → {active}."""
+        h.writer(None, request)
+        return engine.activate(version)
+
+    def status() -> dict:
+        """Active version, classes, labelled-image count, whether training is running."""
+        return engine.status()
+
+    gr.api(save_labels, api_name="save_labels")
+    gr.api(retrain, api_name="retrain", concurrency_id="train", concurrency_limit=1)
+    gr.api(models, api_name="models")
+    gr.api(activate, api_name="activate")
+    gr.api(status, api_name="status", concurrency_limit=None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python app.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--share", action="store_true", help="ask Gradio for a public share link (needs internet)")
+    parser.add_argument("--host", default=None, help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = get_settings()
+    except PlatformError as exc:
+        raise SystemExit(f"error: {exc}")
+    engine = Engine(settings)
+    demo = build_app(engine)
+    demo.queue(max_size=64, default_concurrency_limit=4)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                    max_file_size=f"{settings.max_upload_mb}mb", allowed_paths=[str(engine.thumbs_dir)],
+                    show_error=True)
+    finally:
+        engine.close()
+
+
+if __name__ == "__main__":
+    main()
