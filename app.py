@@ -35,6 +35,12 @@ def user_errors(fn):
     return wrapper
 
 
+def _hub_state(push: dict | None) -> str:
+    if not push:
+        return ""
+    return push["state"] + (f": {push['reason']}" if push.get("reason") else "")
+
+
 def _oauth_profile(request):
     try:
         return ((request.session or {}).get("oauth_info") or {}).get("userinfo")
@@ -147,9 +153,9 @@ class Handlers:
     def models_table(self):
         rows = [[m["version"], "✅" if m["active"] else "", m["mode"], m["created"], m["metrics"].get("accuracy"),
                  m["metrics"].get("macro_f1"), m["metrics"].get("ece"), m["metrics"].get("train_size"),
-                 len(m["classes"])] for m in reversed(self.engine.models())]
+                 len(m["classes"]), _hub_state(m.get("hub"))] for m in reversed(self.engine.models())]
         return pd.DataFrame(rows, columns=["version", "active", "mode", "created", "accuracy", "macro-F1", "ECE",
-                                           "train images", "classes"])
+                                           "train images", "classes", "Hub"])
 
     def models_refresh(self):
         versions = [m["version"] for m in reversed(self.engine.models())]
@@ -162,6 +168,13 @@ class Handlers:
         self.engine.activate(version)
         return (f"✅ {version} is now active: the next prediction uses it.",) + self.models_refresh()
 
+    def retry_push(self, version, session_user, request: gr.Request):
+        self.writer(session_user, request)
+        if not version:
+            raise PlatformError("Choose a version to push")
+        self.engine.retry_push(version)
+        return (f"Pushing {version} to the Hub again…",) + self.models_refresh()
+
     def version_details(self, version):
         if not version:
             return "", None, None, None
@@ -172,7 +185,9 @@ class Handlers:
         parts = [f"**Model:** {s['active_version'] or 'none trained yet'}", f"**classes:** {len(s['classes'])}",
                  f"**labelled images:** {s['labelled_images'] if s['labelled_images'] is not None else '?'}",
                  "**training…**" if s["training"] else "idle"]
-        notes = [n for n in (s.get("model_warning"), s.get("store_error")) if n]
+        notes = [n for n in (s.get("model_warning"), s.get("store_error"), s.get("hub_error")) if n]
+        if s.get("labels_not_pushed"):
+            notes.append(f"{s['labels_not_pushed']} label change(s) not yet pushed to the Hub")
         if not s["active_version"]:
             where = f"the dataset `{s['dataset']}`" if s["dataset"] else "the images you label"
             notes.append(f"No model is trained yet: predict a batch to label it, or train now on {where} (Train tab).")
@@ -282,6 +297,8 @@ def build_app(engine: Engine) -> gr.Blocks:
                 version_pick = gr.Dropdown([m["version"] for m in reversed(engine.models())], label="version")
                 activate_btn = gr.Button("Activate (rollback)", elem_id="activate-btn")
                 refresh_btn = gr.Button("Refresh")
+                if s.hub_model_id:
+                    push_btn = gr.Button("Retry Hub push")
             activate_msg = gr.Markdown()
             details_md = gr.Markdown()
             with gr.Row():
@@ -315,6 +332,9 @@ def build_app(engine: Engine) -> gr.Blocks:
         gr.Timer(5.0).tick(h.status_text, None, status, api_visibility="private")
         refresh_btn.click(h.models_refresh, None, [models_df, version_pick], api_visibility="private")
         activate_btn.click(user_errors(h.activate_version), [version_pick, session_user],
+                           [activate_msg, models_df, version_pick], api_visibility="private")
+        if s.hub_model_id:
+            push_btn.click(user_errors(h.retry_push), [version_pick, session_user],
                            [activate_msg, models_df, version_pick], api_visibility="private")
         version_pick.change(user_errors(h.version_details), version_pick,
                             [details_md, details_conf, details_f1, details_loss], api_visibility="private")
@@ -379,6 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     except PlatformError as exc:
         raise SystemExit(f"error: {exc}")
     engine = Engine(settings)
+    engine.start()
     demo = build_app(engine)
     demo.queue(max_size=64, default_concurrency_limit=4)
     try:

@@ -42,6 +42,27 @@ class Engine:
         self._store_lock = threading.Lock()
         self.store_error: str | None = None
         self.thumbs_dir = settings.data_dir / "thumbs"
+        self.publisher = None
+        self.journal = None
+        if settings.hub_model_id:
+            from classifier.publish import ModelPublisher
+            self.publisher = ModelPublisher(settings, self.registry, self.live)
+        if settings.hub_dataset_id:
+            from labeling.journal import LabelJournal
+            self.journal = LabelJournal(settings.data_dir / "journal", settings.hub_dataset_id, settings.hf_token,
+                                        endpoint=settings.hub_endpoint)
+
+    def start(self) -> None:
+        """Before serving: follow the Hub's active version and replay the Hub label journal into an empty
+        database. Failures are reported in ``status()`` and never stop the app."""
+        if self.publisher is not None:
+            self.publisher.sync()
+        if self.journal is not None:
+            try:
+                replay_journal(self.journal, self.store())
+            except PlatformError as exc:
+                self.store_error = f"Could not restore labels from the Hub: {exc}"
+                log.warning("%s", self.store_error)
 
     # --- labelling store -------------------------------------------------------------------------
     def store(self):
@@ -58,6 +79,9 @@ class Engine:
             return self._store
 
     def close(self) -> None:
+        for part in (self.journal, self.publisher):
+            if part is not None:
+                part.close()
         with self._store_lock:
             if self._store is not None:
                 self._store.close()
@@ -119,7 +143,14 @@ class Engine:
             raise PlatformError("Labels must be a list of {\"sha256\": …, \"label\": …} objects")
         if not items:
             raise PlatformError("No labels to save")
-        return self.store().save_labels(items, user=user, known_classes=self.classes())
+        store = self.store()
+        result = store.save_labels(items, user=user, known_classes=self.classes())
+        if self.journal is not None:
+            predictor = self.live.current()
+            rows = [{"sha256": i["sha256"], "label": i["label"], "user": user,
+                     "model_version": predictor.version if predictor else None} for i in items]
+            self.journal.append(rows, {i["sha256"]: store.image_bytes(i["sha256"]) for i in items})
+        return result
 
     # --- training --------------------------------------------------------------------------------
     def _run_training(self, params: dict, report: Progress, should_stop: Callable[[], bool]) -> dict:
@@ -137,10 +168,14 @@ class Engine:
         if not samples:
             raise PlatformError("There is nothing to train on yet: set DATASET to a class-per-folder directory, "
                                 "or label some predicted images and save them")
+        extra = {"dataset_revision": self._journal_revision()} if self.journal is not None else {}
         result = train_version(samples, config, self.settings, self.registry, report=report,
                                should_stop=should_stop, activate=False, skipped=base.skipped,
-                               dataset_name=self.settings.dataset)
+                               dataset_name=self.settings.dataset or self.settings.hub_dataset_id, extra_info=extra)
         self.live.activate(result["version"])
+        if self.publisher is not None:
+            self.publisher.publish(result["version"])
+            self.publisher.record_active(result["version"])
         result["metrics"]["human_labels"] = len(human)
         return result
 
@@ -158,17 +193,39 @@ class Engine:
     # --- versions --------------------------------------------------------------------------------
     def models(self) -> list[dict]:
         active = self.registry.active()
+        pushes = self.publisher.statuses() if self.publisher else {}
         rows = []
         for v in self.registry.versions():
             m = v.metrics()
+            push = pushes.get(v.version)
             rows.append({"version": v.version, "active": v.version == active, "created": v.info.get("created"),
                          "mode": v.info.get("mode"), "classes": v.info.get("classes", []),
-                         "metrics": {k: m.get(k) for k in ("accuracy", "macro_f1", "ece", "train_size", "val_size", "wall_time_s")}})
+                         "metrics": {k: m.get(k) for k in ("accuracy", "macro_f1", "ece", "train_size", "val_size", "wall_time_s")},
+                         "hub": ({"state": push["state"], "reason": push.get("reason")} if push else None)})
         return rows
 
     def activate(self, version: str) -> dict:
-        self.live.activate(str(version).strip())
+        version = str(version or "").strip()
+        if self.publisher is not None:
+            self.publisher.activate(version)
+        else:
+            self.live.activate(version)
         return {"active": self.registry.active()}
+
+    def retry_push(self, version: str) -> None:
+        if self.publisher is None:
+            raise PlatformError("Hub publishing is off: set HUB_MODEL_ID and HF_TOKEN")
+        self.publisher.retry(version)
+
+    def _journal_revision(self) -> str | None:
+        """The label journal's current commit on the Hub, for the model card (None when unknown)."""
+        try:
+            from huggingface_hub import HfApi
+            api = HfApi(endpoint=self.settings.hub_endpoint, token=self.settings.hf_token or False)
+            return api.repo_info(self.settings.hub_dataset_id, repo_type="dataset").sha
+        except Exception as exc:  # any Hub failure: the card just omits the revision
+            log.info("No dataset revision for the model card: %s", type(exc).__name__)
+            return None
 
     def status(self) -> dict:
         predictor = self.live.current()
@@ -178,7 +235,9 @@ class Engine:
                   "versions": len(self.registry.versions()), "training": running is not None,
                   "training_progress": round(running.progress, 3) if running else None,
                   "dataset": self.settings.dataset, "model_warning": self.live.warning,
-                  "labelled_images": None, "store_error": None}
+                  "labelled_images": None, "store_error": self.store_error,
+                  "hub_error": self.publisher.hub_error if self.publisher else None,
+                  "labels_not_pushed": self.journal.pending() if self.journal else None}
         try:
             status["labelled_images"] = len(self.store().current_labels())
         except PlatformError as exc:
@@ -186,38 +245,26 @@ class Engine:
         return status
 
 
-def train_from_sources(settings: Settings, config: TrainConfig, data: str | None, with_labels: bool,
-                       activate: bool = True, show_progress: bool = False) -> dict:
-    """The training CLI's path: dataset (+ store labels) → a new registered version."""
-    base = _load_base(settings, data)
-    human: list[Sample] = []
-    store = None
-    if with_labels:
-        from labeling.store import open_store
-        store = open_store(settings)
-    try:
-        if store is not None:
-            human = _human_samples(store)
-        samples = merge_samples(base.samples, human)
-        if not samples:
-            raise PlatformError("No training data: pass --data DIR (or set DATASET), or use --with-labels")
-        bar = _progress_bar() if show_progress else None
-        report = (lambda f, m: bar(f, m)) if bar else None
-        registry = LocalRegistry(settings.models_dir)
-        result = train_version(samples, config, settings, registry, report=report, activate=activate,
-                               skipped=base.skipped, dataset_name=data)
-    finally:
-        if store is not None:
-            store.close()
-    return result
+def replay_journal(journal, store) -> int:
+    """Load the Hub label journal into a store that holds no labels yet; returns label changes replayed.
 
-
-def _progress_bar() -> Progress:
-    from tqdm.auto import tqdm
-    bar = tqdm(total=1000, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed} {postfix}")
-
-    def update(fraction: float, message: str) -> None:
-        bar.n = int(fraction * 1000)
-        bar.set_postfix_str(message[:60])
-        bar.refresh()
-    return update
+    Rows are saved in time order, in runs by the same user (the history keeps who labelled what).
+    """
+    from classifier.images import ImageInput
+    if store.current_labels():
+        return 0
+    rows, images = journal.replay()
+    store.add_images([ImageInput(sha[:12], data, sha) for sha, data in images.items()], source="dataset")
+    runs: list[tuple[str, dict[str, str]]] = []
+    for row in rows:
+        if not row.get("label") or row.get("sha256") not in images:
+            continue
+        user = row.get("user") or "anonymous"
+        if not runs or runs[-1][0] != user or row["sha256"] in runs[-1][1]:
+            runs.append((user, {}))
+        runs[-1][1][row["sha256"]] = row["label"]
+    for user, labels in runs:
+        store.save_labels([{"sha256": s, "label": lab} for s, lab in labels.items()], user=user)
+    replayed = sum(len(labels) for _, labels in runs)
+    log.info("Replayed %d label changes from the Hub journal", replayed)
+    return replayed

@@ -33,6 +33,8 @@ class Settings:
     hub_model_id: str | None = None
     hub_dataset_id: str | None = None
     hf_token: str | None = field(default=None, repr=False)
+    hub_endpoint: str | None = None
+    """``HF_ENDPOINT``: the Hub's address (None = huggingface.co); tests point it at a local stand-in."""
     max_batch: int = 128
     """Most images one prediction request may hold."""
     max_image_pixels: int = 40_000_000
@@ -116,6 +118,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         hub_model_id=_opt(env, "HUB_MODEL_ID"),
         hub_dataset_id=_opt(env, "HUB_DATASET_ID"),
         hf_token=_opt(env, "HF_TOKEN"),
+        hub_endpoint=_opt(env, "HF_ENDPOINT"),
         max_batch=_int(env, "MAX_BATCH", 128, 1, 4096),
         max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 40_000_000, 1, 1_000_000_000),
         max_upload_mb=_int(env, "MAX_UPLOAD_MB", 50, 1, 10_000),

@@ -61,7 +61,7 @@ def _set_resolution(processor, resolution: int | None) -> None:
 def embed_samples(embedder: Embedder, samples: list[Sample], report: Report | None = None
                   ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Features for samples, reading image bytes only for those not yet in the cache, chunk by chunk."""
-    cached = embedder.cache.get_many([s.sha256 for s in samples]) if embedder.cache else {}
+    cached = embedder.cache.get_many([s.sha256 for s in samples]) if embedder.cache is not None else {}
     missing = list({s.sha256: s for s in samples if s.sha256 not in cached}.values())
     errors: dict[str, str] = {}
     for start in range(0, len(missing), _EMBED_CHUNK):
@@ -131,7 +131,8 @@ def _set_head(model, labels: list[str], weight: torch.Tensor | None = None, bias
 
 def train_version(samples: list[Sample], config: TrainConfig, settings: Settings, registry: LocalRegistry, *,
                   report: Report | None = None, should_stop: Callable[[], bool] | None = None,
-                  activate: bool = True, dataset_name: str | None = None, skipped: dict | None = None) -> dict:
+                  activate: bool = True, dataset_name: str | None = None, skipped: dict | None = None,
+                  extra_info: dict | None = None) -> dict:
     """Train on ``samples``, register the result as the next version, activate it; returns
     ``{"version", "metrics"}`` (metrics summary). Nothing is registered if anything fails."""
     report = report or (lambda f, m: None)
@@ -142,7 +143,7 @@ def train_version(samples: list[Sample], config: TrainConfig, settings: Settings
         result = _MODES[config.mode](samples, config, settings, staged, report, should_stop)
         info, metrics = result
         metrics.update(wall_time_s=round(time.monotonic() - started, 2), skipped=dict(skipped or {}, **metrics.get("skipped", {})))
-        info.update(mode=config.mode, dataset=dataset_name, classes=metrics["labels"])
+        info.update(extra_info or {}, mode=config.mode, dataset=dataset_name, classes=metrics["labels"])
         params = config.to_dict()
         write_run_files(staged, metrics, params)
         report(0.99, "registering the new version")

@@ -1,0 +1,111 @@
+"""Issue 'Hub versioning': train → push → a second engine with an EMPTY data directory serves that
+version and holds every label saved by the first, all through the Hub stand-in and the real client."""
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from engine import Engine
+from settings import load_settings
+from tests.conftest import make_image, CLASS_STYLES
+from tests.hub_standin import HubStandin, isolate_hub_client, logged_text
+
+TOKEN = "hf_lead_0123456789abcdefSECRET"
+MODEL_REPO, DATASET_REPO = "alice/scenes", "alice/scene-labels"
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch, caplog):
+    isolate_hub_client(monkeypatch, tmp_path)
+    caplog.set_level(logging.INFO)
+    with HubStandin(tokens={TOKEN: "alice"}) as standin:
+        yield standin
+
+
+def hub_settings(data_dir, hub, dataset=None):
+    env = {"DATA_DIR": str(data_dir), "HUB_MODEL_ID": MODEL_REPO, "HUB_DATASET_ID": DATASET_REPO,
+           "HF_TOKEN": TOKEN, "HF_ENDPOINT": hub.endpoint}
+    if dataset:
+        env["DATASET"] = str(dataset)
+    return load_settings(env)
+
+
+def wait_for(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def new_images(folder, n=4):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        color, kind = list(CLASS_STYLES.values())[i % 3]
+        path = folder / f"new_{i}.png"
+        make_image(kind, color, seed=90_000 + i).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_second_engine_with_empty_data_dir_serves_pushed_version_and_labels(hub, settings, dataset_dir, tmp_path, caplog):
+    first = Engine(hub_settings(settings.data_dir, hub, dataset_dir))
+    first.start()
+    assert first.status()["hub_error"] is None
+    trained = first.retrain({"mode": "head"})
+    assert trained["version"] == "v1"
+    predicted = first.predict(new_images(tmp_path / "incoming"))
+    shas = [r["sha256"] for r in predicted["results"]]
+    labels = {shas[0]: "circles", shas[1]: "glacier", shas[2]: "squares"}
+    first.save_labels([{"sha256": s, "label": lab} for s, lab in labels.items()], user="alice")
+    assert first.journal.flush(60), "label journal did not reach the Hub"
+    assert first.publisher.queue.wait(60)
+    assert first.publisher.statuses()["v1"]["state"] == "pushed"
+    model_repo = hub.repo(MODEL_REPO)
+    assert wait_for(lambda: "active.json" in model_repo.files("main")), "active version was not recorded on the Hub"
+    assert "v1" in {name for name in model_repo.tags}
+    card = model_repo.files("v1")["README.md"].decode()
+    assert "pipeline_tag: image-classification" in card and "model-index" in card
+    assert "dataset revision" in card.lower() or "Labels from dataset revision" in card or DATASET_REPO in card
+    first.close()
+
+    empty = tmp_path / "second-data"
+    second = Engine(hub_settings(empty, hub))
+    second.start()
+    try:
+        status = second.status()
+        assert status["active_version"] == "v1"
+        assert second.store().current_labels() == labels
+        again = second.predict(new_images(tmp_path / "incoming2", n=2))
+        assert {r["model_version"] for r in again["results"]} == {"v1"}
+        history_users = {row.get("user") for row in second.store().history(limit=50)}
+        assert history_users == {"alice"}
+    finally:
+        second.close()
+    assert TOKEN not in logged_text(caplog)
+
+
+def test_hub_down_at_start_keeps_serving_local_model(hub, settings, dataset_dir, caplog):
+    engine = Engine(hub_settings(settings.data_dir, hub, dataset_dir))
+    engine.start()
+    engine.retrain({"mode": "head"})
+    engine.publisher.queue.wait(60)
+    engine.close()
+    hub.down = True
+    restarted = Engine(hub_settings(settings.data_dir, hub, dataset_dir))
+    restarted.start()
+    try:
+        status = restarted.status()
+        assert status["active_version"] == "v1"
+        assert status["hub_error"] and "unreachable" in status["hub_error"].lower()
+        assert TOKEN not in status["hub_error"]
+        rows = restarted.predict([dataset_dir / "circles" / "circles_0.jpg"])["results"]
+        assert rows[0]["model_version"] == "v1"
+    finally:
+        hub.down = False
+        restarted.close()
+    assert TOKEN not in logged_text(caplog)
