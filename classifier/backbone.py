@@ -95,6 +95,8 @@ def resolve_backbone(name: str | None, backbones_dir: Path) -> str:
         if not (path / "config.json").is_file():
             raise PlatformError(f"Backbone folder {name} has no config.json")
         return str(path.resolve())
+    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:  # a path, not a Hub id
+        raise PlatformError(f"Backbone folder {name} does not exist")
     return name
 
 

@@ -150,7 +150,7 @@ class Embedder:
     def embed(self, images: list[ImageInput], progress: ProgressFn | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Features by sha256 for every decodable image, and an error message by sha256 for the rest."""
-        cached = self.cache.get_many([i.sha256 for i in images]) if self.cache else {}
+        cached = self.cache.get_many([i.sha256 for i in images]) if self.cache is not None else {}
         todo = list({i.sha256: i for i in images if i.sha256 not in cached}.values())
         errors: dict[str, str] = {}
         done = len(images) - len(todo)
@@ -171,7 +171,7 @@ class Embedder:
                     feats = self.fm.features(batch).float().numpy()
                     shas = [img.sha256 for img, _ in good]
                     cached.update(zip(shas, feats))
-                    if self.cache:
+                    if self.cache is not None:  # an empty cache is falsy (__len__)
                         self.cache.put_many(shas, feats)
                 done += len(chunk)
                 if progress:
