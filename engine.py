@@ -22,6 +22,16 @@ log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
 
 
+def on_gpu_when_available(fn: Callable, duration_s: int = 900) -> Callable:
+    """Run ``fn`` inside ``spaces.GPU`` on a ZeroGPU Space (the decorator is a no-op elsewhere);
+    without the ``spaces`` package, ``fn`` runs as it is, on the CPU."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(duration=duration_s)(fn)
+
+
 def _human_samples(store) -> list[Sample]:
     return [Sample(li.sha256, li.label, li.name, li.read) for li in store.labelled_samples()]
 
@@ -38,6 +48,7 @@ class Engine:
         self.registry = LocalRegistry(settings.models_dir)
         self.live = LiveModel(self.registry, settings)
         self.jobs = TrainingJobs(self._run_training)
+        self._train = on_gpu_when_available(train_version)
         self._store = None
         self._store_lock = threading.Lock()
         self.store_error: str | None = None
@@ -147,9 +158,10 @@ class Engine:
         result = store.save_labels(items, user=user, known_classes=self.classes())
         if self.journal is not None:
             predictor = self.live.current()
-            rows = [{"sha256": i["sha256"], "label": i["label"], "user": user,
-                     "model_version": predictor.version if predictor else None} for i in items]
-            self.journal.append(rows, {i["sha256"]: store.image_bytes(i["sha256"]) for i in items})
+            stored = result["labels"]  # as saved: normalised, case mapped onto known classes
+            rows = [{"sha256": sha, "label": label, "user": user,
+                     "model_version": predictor.version if predictor else None} for sha, label in stored.items()]
+            self.journal.append(rows, {sha: store.image_bytes(sha) for sha in stored})
         return result
 
     # --- training --------------------------------------------------------------------------------
@@ -169,7 +181,7 @@ class Engine:
             raise PlatformError("There is nothing to train on yet: set DATASET to a class-per-folder directory, "
                                 "or label some predicted images and save them")
         extra = {"dataset_revision": self._journal_revision()} if self.journal is not None else {}
-        result = train_version(samples, config, self.settings, self.registry, report=report,
+        result = self._train(samples, config, self.settings, self.registry, report=report,
                                should_stop=should_stop, activate=False, skipped=base.skipped,
                                dataset_name=self.settings.dataset or self.settings.hub_dataset_id, extra_info=extra)
         self.live.activate(result["version"])

@@ -1,0 +1,76 @@
+"""Command line: ``python -m labeling stats`` and ``python -m labeling export``.
+
+Uses the same settings as the app (``DATA_DIR``, ``MONGODB_URI``, ``HF_TOKEN``,
+``HUB_DATASET_ID``). While the app runs, the CLI connects to the embedded database the app
+published; otherwise it starts its own. Errors: one line on stderr, exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+from labeling.export import FORMATS, push_export
+from labeling.store import open_store
+from settings import PlatformError, Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+EXIT_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m labeling", description="Human labels stored in MongoDB: statistics and export.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands.add_parser("stats", help="print label statistics as JSON")
+    export = commands.add_parser("export", help="write the labelled images as a dataset")
+    export.add_argument("out", type=Path, help="output directory (must not exist or be empty)")
+    export.add_argument("--format", choices=FORMATS, default="imagefolder", help="imagefolder tree or datasets save_to_disk (default: imagefolder)")
+    export.add_argument("--push", action="store_true", help="also push the export to HUB_DATASET_ID (needs HF_TOKEN)")
+    return parser
+
+
+def run(args: argparse.Namespace, settings: Settings) -> None:
+    """Execute one parsed command, printing its output on stdout."""
+    if args.command == "export" and args.push and not (settings.hub_dataset_id and settings.hf_token):
+        raise PlatformError("--push needs HUB_DATASET_ID and HF_TOKEN to be set")
+    store = open_store(settings)
+    try:
+        if args.command == "stats":
+            print(json.dumps(store.stats(), indent=2, ensure_ascii=False))
+            return
+        counts = store.export(args.out, format=args.format)
+    finally:
+        store.close()
+    if args.push:
+        counts["pushed_to"] = push_export(Path(counts["out_dir"]), args.format, settings)
+    print(json.dumps(counts, indent=2, ensure_ascii=False))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(args, load_settings())
+    except PlatformError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0

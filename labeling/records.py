@@ -1,0 +1,110 @@
+"""Build and check the documents the store writes: image facts, predictions, label items."""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import re
+from datetime import datetime
+from typing import Any, Iterable
+
+from bson import ObjectId
+from PIL import Image
+
+from labeling.labels import canonical_label
+from settings import PlatformError
+
+logger = logging.getLogger(__name__)
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_MAX_LISTED = 10
+"""Most problems spelled out in one error message."""
+
+
+def image_info(data: bytes) -> dict:
+    """``{"format", "width", "height"}`` (pixels) read from the image header; Nones if PIL cannot read it."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return {"format": image.format, "width": int(image.width), "height": int(image.height)}
+    except Exception as exc:  # PIL raises many types for unreadable or hostile files
+        logger.warning("could not read image header (%s); stored without format", type(exc).__name__)
+        return {"format": None, "width": None, "height": None}
+
+
+def prediction_doc(prediction: dict, batch_id: str, now: datetime, batch_shas: set[str]) -> dict:
+    """A ``predictions`` document from ``{sha256, label, confidence, top_k, model_version}``."""
+    sha = prediction.get("sha256")
+    if sha not in batch_shas:
+        raise PlatformError(f"Prediction for image {str(sha)[:16]!r} does not belong to this batch")
+    label = prediction.get("label")
+    if not isinstance(label, str) or not label:
+        raise PlatformError(f"Prediction for image {sha[:16]} has no label")
+    top_k = [{"label": str(entry["label"]), "score": _score(entry["score"])} for entry in prediction.get("top_k") or []]
+    version = prediction.get("model_version")
+    return {
+        "sha256": sha,
+        "model_version": None if version is None else str(version),
+        "label": label,
+        "confidence": _score(prediction.get("confidence")),
+        "top_k": top_k,
+        "time": now,
+        "batch_id": batch_id,
+    }
+
+
+def _score(value: Any) -> float | None:
+    """A 0-1 score as float, None when missing; PlatformError when out of range."""
+    if value is None:
+        return None
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise PlatformError(f"A prediction score must be a number, got {value!r}") from None
+    if math.isnan(score) or not 0.0 <= score <= 1.0 + 1e-6:
+        raise PlatformError(f"A prediction score must be between 0 and 1, got {value!r}")
+    return min(score, 1.0)  # float rounding of a softmax can overshoot 1 by an ulp
+
+
+def validate_items(items: Iterable[dict], known_classes: list[str], existing: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Check label items; return ``({sha256: canonical label}, new class names in first-seen order)``.
+
+    Raises one PlatformError listing every bad item; nothing is returned half-checked.
+    """
+    known = [*known_classes, *existing]
+    seen_classes = set(known)
+    wanted: dict[str, str] = {}
+    new_classes: list[str] = []
+    errors: list[str] = []
+    for index, item in enumerate(items, start=1):
+        sha = item.get("sha256") if isinstance(item, dict) else None
+        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            errors.append(f"item {index}: sha256 must be 64 lowercase hex digits")
+            continue
+        try:
+            label = canonical_label(item.get("label"), known)
+        except PlatformError as exc:
+            errors.append(f"image {sha[:12]}: {exc}")
+            continue
+        if wanted.setdefault(sha, label) != label:
+            errors.append(f"image {sha[:12]}: listed twice with different labels")
+        if label not in seen_classes:
+            seen_classes.add(label)
+            known.append(label)
+            new_classes.append(label)
+    if errors:
+        more = f" (and {len(errors) - _MAX_LISTED} more)" if len(errors) > _MAX_LISTED else ""
+        raise PlatformError(f"Nothing saved; {len(errors)} invalid item(s): " + "; ".join(errors[:_MAX_LISTED]) + more)
+    return wanted, new_classes
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with datetimes as ISO 8601 strings and ObjectIds as hex strings, recursively."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

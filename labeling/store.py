@@ -1,0 +1,359 @@
+"""The labelling store: images, predictions, batches and human labels in MongoDB.
+
+Every write that must survive a crash uses write concern ``w="majority", j=True``: the
+call returns only after the server has journaled it (on a standalone server or the
+embedded one "majority" is the server itself). A label save is one conditional update of
+the image's ``labels`` document (compare-and-set on its ``revision``), so concurrent saves
+are serialised and the last one to commit wins; its history row has a deterministic id
+(``<sha256>:<revision>``) so writing it again after a crash or a retry never duplicates it.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from gridfs import GridFSBucket
+from pymongo import DESCENDING, WriteConcern
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+
+from labeling import schema
+from labeling.connection import Connection, connect, connection_error
+from labeling.records import image_info, json_safe, prediction_doc, validate_items
+from settings import PlatformError, Settings
+
+logger = logging.getLogger(__name__)
+
+DURABLE = WriteConcern(w="majority", j=True)
+"""Acknowledged only once journaled: survives a SIGKILL of the server process."""
+_FAST = WriteConcern(w=1)
+"""For bookkeeping writes that a later call repeats if lost."""
+IMAGE_SOURCES = ("upload", "folder", "dataset")
+_CHUNK = 500
+"""Documents fetched per ``$in`` query when joining labels with images."""
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """One image with a current human label; ``read()`` fetches its bytes from GridFS."""
+
+    sha256: str
+    label: str
+    name: str
+    _reader: Callable[[], bytes] = field(repr=False, compare=False)
+
+    def read(self) -> bytes:
+        """The image file's bytes, read from the database now."""
+        return self._reader()
+
+    def __iter__(self) -> Iterator[Any]:
+        """Unpack as ``sha256, label, name, read``."""
+        return iter((self.sha256, self.label, self.name, self.read))
+
+
+def _guarded(method: Callable) -> Callable:
+    """Turn driver errors of a store method into a PlatformError naming the host only.
+
+    On a borrowed embedded server (started by another process that has since exited) the
+    store reconnects once, starting its own server, and repeats the call: label saves and
+    image adds are idempotent; a repeated ``record_batch`` at worst records the batch twice.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: "LabelStore", *args: Any, **kwargs: Any) -> Any:
+        connection = self._connection
+        try:
+            return method(self, *args, **kwargs)
+        except ConnectionFailure as exc:
+            if not self._reconnect(connection, exc):
+                raise connection_error(exc, self.hosts) from None
+        except PyMongoError as exc:
+            raise connection_error(exc, self.hosts) from None
+        try:
+            return method(self, *args, **kwargs)
+        except PyMongoError as exc:
+            raise connection_error(exc, self.hosts) from None
+
+    return wrapper
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class LabelStore:
+    """Images, predictions and human labels of the platform; thread-safe (one client per store)."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        database: str,
+        max_batch: int = 128,
+        reconnect: Callable[[], Connection] | None = None,
+    ) -> None:
+        self.max_batch = max_batch
+        self._database = database
+        self._reconnect_with = reconnect
+        self._reconnect_lock = threading.Lock()
+        self._closed = False
+        self._attach(connection)
+
+    def _attach(self, connection: Connection) -> None:
+        self._connection = connection
+        self.hosts = connection.hosts
+        self._db = connection.client.get_database(self._database, write_concern=DURABLE)
+        self._fs = GridFSBucket(self._db, bucket_name=schema.GRIDFS_BUCKET)
+        # Chunks are written unjournaled; the journaled ``images`` insert that follows flushes
+        # the journal (and, on replica sets, waits for the oplog) up to and including them.
+        self._fs_upload = GridFSBucket(self._db.with_options(write_concern=_FAST), bucket_name=schema.GRIDFS_BUCKET)
+
+    def _reconnect(self, failed: Connection, exc: BaseException) -> bool:
+        """After ``failed`` (a borrowed embedded server) broke, open the database anew; False if not applicable."""
+        if self._closed or not failed.borrowed or self._reconnect_with is None:
+            return False
+        with self._reconnect_lock:
+            if self._connection is failed:  # another thread may have reconnected already
+                logger.warning("the embedded database at %s went away (%s); reopening it", self.hosts, type(exc).__name__)
+                self._attach(self._reconnect_with())
+                # Closing a client whose server vanished waits seconds for its monitor threads.
+                threading.Thread(target=failed.close, name="labeling-close-stale-client", daemon=True).start()
+        return True
+
+    def __enter__(self) -> "LabelStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the client; stop the embedded server if this process started it."""
+        if not self._closed:
+            self._closed = True
+            self._connection.close()
+
+    @_guarded
+    def ping(self) -> None:
+        """Raise PlatformError unless the database answers."""
+        self._db.client.admin.command("ping")
+
+    @_guarded
+    def prepare(self) -> None:
+        """Create indexes, check the schema version and finish history rows a crash left pending."""
+        schema.ensure_schema(self._db)
+        for doc in self._db[schema.LABELS].find({"history_pending": True}, {"last_change": 1}):
+            self._write_history(doc["last_change"])
+
+    # Images, batches, predictions -------------------------------------------------------
+
+    @_guarded
+    def add_images(self, images: Iterable[Any], source: str = "upload") -> None:
+        """Store each image (``.sha256``, ``.data`` bytes, ``.name``) once; known sha256s are skipped."""
+        if source not in IMAGE_SOURCES:
+            raise PlatformError(f"Image source must be one of {', '.join(IMAGE_SOURCES)}, got {source!r}")
+        pending = {}
+        for image in images:
+            data = bytes(image.data)
+            if hashlib.sha256(data).hexdigest() != image.sha256:
+                raise PlatformError(f"Image {str(image.name)[:80]!r}: sha256 does not match its bytes")
+            pending.setdefault(image.sha256, (data, str(image.name or "")))
+        known = {d["_id"] for d in self._db[schema.IMAGES].find({"_id": {"$in": list(pending)}}, {"_id": 1})}
+        for sha, (data, name) in pending.items():
+            if sha not in known:
+                self._insert_image(sha, data, name, source)
+
+    def _insert_image(self, sha: str, data: bytes, name: str, source: str) -> None:
+        file_id = self._fs_upload.upload_from_stream(sha, data, metadata={"sha256": sha})
+        doc = {"_id": sha, "file_id": file_id, "name": name[:1024], "size": len(data), **image_info(data)}
+        doc.update(first_seen=_now(), source=source)
+        try:
+            self._db[schema.IMAGES].insert_one(doc)
+        except DuplicateKeyError:
+            # Another writer stored the same image meanwhile; keep theirs, drop our copy.
+            self._fs.delete(file_id)
+
+    @_guarded
+    def record_batch(self, shas: list[str], predictions: list[dict] | None = None) -> str:
+        """Record an upload of up to ``max_batch`` known images and their predictions; return the batch id.
+
+        Predictions are dicts ``{sha256, label, confidence (0-1), top_k: [{label, score}], model_version}``
+        (extra keys are ignored; a None label means "not predicted" and is not stored).
+        """
+        shas = list(dict.fromkeys(shas))
+        if not shas or len(shas) > self.max_batch:
+            raise PlatformError(f"A batch holds 1 to {self.max_batch} images, got {len(shas)}")
+        self._require_images(shas)
+        batch_id = f"{_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+        # Rows without a label come from an app with no trained model yet: nothing was predicted.
+        docs = [prediction_doc(p, batch_id, _now(), set(shas)) for p in predictions or [] if p.get("label") is not None]
+        if docs:
+            self._db[schema.PREDICTIONS].insert_many(docs)
+        state = "predicted" if docs else "uploaded"
+        self._db[schema.BATCHES].insert_one({"_id": batch_id, "shas": shas, "created": _now(), "state": state})
+        return batch_id
+
+    def _require_images(self, shas: list[str]) -> None:
+        found = {d["_id"] for d in self._db[schema.IMAGES].find({"_id": {"$in": shas}}, {"_id": 1})}
+        unknown = [s for s in shas if s not in found]
+        if unknown:
+            shown = ", ".join(str(s)[:16] for s in unknown[:5])
+            raise PlatformError(f"{len(unknown)} image(s) are not in the store (add them first): {shown}")
+
+    @_guarded
+    def image_bytes(self, sha256: str) -> bytes:
+        """The bytes of a stored image; PlatformError if unknown."""
+        doc = self._db[schema.IMAGES].find_one({"_id": sha256}, {"file_id": 1})
+        if doc is None:
+            raise PlatformError(f"Image {str(sha256)[:16]} is not in the store")
+        return self._read_file(doc["file_id"])
+
+    @_guarded
+    def _read_file(self, file_id: Any) -> bytes:
+        return self._fs.open_download_stream(file_id).read()
+
+    # Labels ---------------------------------------------------------------------------
+
+    @_guarded
+    def save_labels(self, items: list[dict], user: str = "anonymous", known_classes: Iterable[str] = ()) -> dict:
+        """Save human labels ``[{"sha256", "label"}]``; returns ``{"saved", "unchanged", "new_classes", "labels"}``
+        where ``labels`` maps each sha256 to the label as stored (normalised, case mapped to a known class).
+
+        Validates everything first (nothing is written if a label is invalid or an image is
+        unknown), maps case-only variants onto known spellings, and returns only after every
+        change is journaled. Saving the label an image already has changes nothing.
+        """
+        known_classes = list(known_classes)
+        existing = self._db[schema.LABELS].distinct("label")
+        wanted, new_classes = validate_items(items, known_classes, existing)
+        self._require_images(list(wanted))
+        user = str(user or "").strip()[:128] or "anonymous"
+        predicted = self._latest_predictions(list(wanted))
+        saved = 0
+        for sha, label in wanted.items():
+            saved += self._apply_label(sha, label, user, predicted.get(sha, {}))
+        self._refresh_batch_states(list(wanted))
+        logger.info("saved %d label(s) by %s, %d unchanged", saved, user, len(wanted) - saved)
+        return {"saved": saved, "unchanged": len(wanted) - saved, "new_classes": new_classes, "labels": dict(wanted)}
+
+    def _latest_predictions(self, shas: list[str]) -> dict[str, dict]:
+        pipeline = [
+            {"$match": {"sha256": {"$in": shas}}},
+            {"$sort": {"time": DESCENDING}},
+            {"$group": {"_id": "$sha256", "model_version": {"$first": "$model_version"}, "label": {"$first": "$label"}}},
+        ]
+        return {d["_id"]: d for d in self._db[schema.PREDICTIONS].aggregate(pipeline)}
+
+    def _apply_label(self, sha: str, label: str, user: str, prediction: dict) -> bool:
+        """Compare-and-set the image's label; True if it changed (or was first confirmed)."""
+        labels = self._db[schema.LABELS]
+        while True:
+            current = labels.find_one({"_id": sha})
+            if current is not None and current.get("history_pending"):
+                self._write_history(current["last_change"])
+            if current is not None and current["label"] == label:
+                return False
+            revision = (current or {}).get("revision", 0) + 1
+            now = _now()
+            change = {
+                "_id": f"{sha}:{revision}", "sha256": sha, "revision": revision,
+                "previous": current["label"] if current else None, "label": label,
+                "model_version": prediction.get("model_version"), "predicted": prediction.get("label"),
+                "user": user, "time": now,
+            }
+            fields = {k: change[k] for k in ("label", "revision", "model_version", "predicted", "user")}
+            fields.update(updated=now, last_change=change, history_pending=True)
+            if current is None:
+                try:
+                    labels.insert_one({"_id": sha, **fields})
+                    break
+                except DuplicateKeyError:
+                    continue
+            elif labels.update_one({"_id": sha, "revision": current["revision"]}, {"$set": fields}).matched_count:
+                break
+            # Another writer committed in between: read again; the later commit wins.
+        self._write_history(change)
+        return True
+
+    def _write_history(self, change: dict) -> None:
+        """Insert a history row (idempotent by its id) and clear the label doc's pending flag."""
+        with contextlib.suppress(DuplicateKeyError):
+            self._db[schema.HISTORY].insert_one(dict(change))
+        self._db[schema.LABELS].with_options(write_concern=_FAST).update_one(
+            {"_id": change["sha256"], "revision": change["revision"]},
+            {"$unset": {"history_pending": "", "last_change": ""}},
+        )
+
+    def _refresh_batch_states(self, shas: list[str]) -> None:
+        """Mark batches whose images all have a human label as ``labelled``."""
+        batches = self._db[schema.BATCHES]
+        for batch in batches.find({"shas": {"$in": shas}, "state": {"$ne": "labelled"}}, {"shas": 1}):
+            labelled = self._db[schema.LABELS].count_documents({"_id": {"$in": batch["shas"]}})
+            if labelled == len(batch["shas"]):
+                batches.with_options(write_concern=_FAST).update_one({"_id": batch["_id"]}, {"$set": {"state": "labelled"}})
+
+    @_guarded
+    def current_labels(self) -> dict[str, str]:
+        """``{sha256: human label}`` for every labelled image."""
+        return {d["_id"]: d["label"] for d in self._db[schema.LABELS].find({}, {"label": 1})}
+
+    def labelled_samples(self) -> Iterator[LabelledImage]:
+        """Every image with a current human label, in sha256 order; bytes are read lazily."""
+        try:
+            # Label docs are small: read them all up front so no server cursor idles out
+            # while a slow consumer (training) works through the images.
+            labels = list(self._db[schema.LABELS].find({}, {"label": 1}).sort("_id", 1))
+            for start in range(0, len(labels), _CHUNK):
+                yield from self._join_images(labels[start : start + _CHUNK])
+        except PyMongoError as exc:
+            raise connection_error(exc, self.hosts) from None
+
+    def _join_images(self, labels: list[dict]) -> Iterator[LabelledImage]:
+        shas = [d["_id"] for d in labels]
+        images = {d["_id"]: d for d in self._db[schema.IMAGES].find({"_id": {"$in": shas}}, {"name": 1, "file_id": 1})}
+        for doc in labels:
+            image = images.get(doc["_id"])
+            if image is None:
+                logger.warning("label for %s has no stored image; skipped", doc["_id"][:16])
+                continue
+            reader = functools.partial(self._read_file, image["file_id"])
+            yield LabelledImage(doc["_id"], doc["label"], image.get("name") or doc["_id"], reader)
+
+    @_guarded
+    def history(self, sha256: str | None = None, limit: int = 100) -> list[dict]:
+        """Label changes, newest first (JSON-safe: times are ISO 8601 UTC strings)."""
+        query = {} if sha256 is None else {"sha256": sha256}
+        limit = max(1, min(int(limit), 10_000))
+        cursor = self._db[schema.HISTORY].find(query).sort([("time", DESCENDING), ("revision", DESCENDING)]).limit(limit)
+        return [json_safe({k: v for k, v in doc.items() if k != "_id"}) for doc in cursor]
+
+    @_guarded
+    def stats(self) -> dict:
+        """Counts per class, corrections per model version, agreement over time (JSON-safe)."""
+        from labeling.stats import compute_stats
+
+        return compute_stats(self._db)
+
+    def export(self, out_dir: str | Path, format: str = "imagefolder") -> dict:
+        """Write the labelled set to ``out_dir`` as an imagefolder tree or a saved ``datasets.Dataset``."""
+        from labeling.export import export_samples
+
+        return export_samples(self.labelled_samples(), Path(out_dir), format)
+
+
+def open_store(settings: Settings) -> LabelStore:
+    """Open the labelling store on ``settings.mongodb_uri`` or the embedded server under ``settings.db_dir``."""
+    connection = connect(settings)
+    try:
+        database = connection.client.get_default_database(default=schema.DATABASE_NAME).name
+        store = LabelStore(connection, database, max_batch=settings.max_batch, reconnect=lambda: connect(settings))
+        store.prepare()
+    except BaseException:
+        connection.close()
+        raise
+    return store
