@@ -46,6 +46,7 @@ class Engine:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.registry = LocalRegistry(settings.models_dir)
+        self.registry.clean_staging()
         self.live = LiveModel(self.registry, settings)
         self.jobs = TrainingJobs(self._run_training)
         self._train = on_gpu_when_available(train_version)
@@ -251,7 +252,7 @@ class Engine:
                   "hub_error": self.publisher.hub_error if self.publisher else None,
                   "labels_not_pushed": self.journal.pending() if self.journal else None}
         try:
-            status["labelled_images"] = len(self.store().current_labels())
+            status["labelled_images"] = self.store().count_labels()
         except PlatformError as exc:
             status["store_error"] = str(exc)
         return status

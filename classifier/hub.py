@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import httpx2
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_url
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -193,11 +193,14 @@ class HubModelRepo:
 
     def read_active(self) -> str | None:
         """The version recorded in ``active.json`` on ``main``, or None when there is none yet."""
+        url = hf_hub_url(self.repo_id, ACTIVE_FILE, revision="main", endpoint=self._api.endpoint)
         with self._errors(f"reading the active version of {self.repo_id}"), tempfile.TemporaryDirectory() as cache:
             try:
-                path = self._api.hf_hub_download(self.repo_id, ACTIVE_FILE, revision="main", cache_dir=cache)
+                # A probe without retries first: at app start an outage should fail fast, not back off.
+                commit = self._api.get_hf_file_metadata(url=url).commit_hash
             except EntryNotFoundError:
                 return None
+            path = self._api.hf_hub_download(self.repo_id, ACTIVE_FILE, revision=commit, cache_dir=cache)
             text = Path(path).read_text(encoding="utf-8")
         try:
             version = json.loads(text).get("version")

@@ -61,6 +61,8 @@ class LiveModel:
 
     def require(self) -> Predictor:
         predictor = self.current()
+        if predictor is None and self.warning:
+            raise PlatformError(f"No model version can be served: {self.warning} Train a new version.")
         if predictor is None:
             raise PlatformError("No model has been trained yet: train one first (Train tab, /retrain, or python -m training)")
         return predictor

@@ -119,10 +119,12 @@ class LocalRegistry:
     def discard(self, staged: Path) -> None:
         shutil.rmtree(staged, ignore_errors=True)
 
-    def clean_staging(self) -> int:
-        """Remove staging folders left by runs that crashed; returns how many were removed."""
+    def clean_staging(self, min_age_s: float = 86400.0) -> int:
+        """Remove staging folders left by crashed runs (older than ``min_age_s`` seconds, so a run still
+        going in another process keeps its folder); returns how many were removed."""
         staging = self.root / ".staging"
-        leftovers = list(staging.iterdir()) if staging.is_dir() else []
+        now = time.time()
+        leftovers = [p for p in staging.iterdir() if now - p.stat().st_mtime > min_age_s] if staging.is_dir() else []
         for path in leftovers:
             shutil.rmtree(path, ignore_errors=True)
         return len(leftovers)

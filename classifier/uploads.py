@@ -6,6 +6,7 @@ Archives are read in memory: entry names are only ever shown as names, never use
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from classifier.images import IMAGE_SUFFIXES, ImageInput, read_input
@@ -13,6 +14,8 @@ from settings import PlatformError
 
 MAX_ENTRY_BYTES = 50 * 1024 * 1024
 MAX_ARCHIVE_BYTES = 512 * 1024 * 1024
+UNREADABLE_ENTRY = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError)
+"""What reading one damaged, encrypted or oddly compressed archive entry raises."""
 
 
 def _zip_images(path: Path, errors: list[dict]) -> list[ImageInput]:
@@ -37,8 +40,12 @@ def _zip_images(path: Path, errors: list[dict]) -> list[ImageInput]:
             if member.file_size > MAX_ENTRY_BYTES or total + member.file_size > MAX_ARCHIVE_BYTES:
                 errors.append({"file": name, "error": f"{name}: too large once unpacked"})
                 continue
-            with archive.open(member) as fh:
-                data = fh.read(MAX_ENTRY_BYTES + 1)
+            try:
+                with archive.open(member) as fh:
+                    data = fh.read(MAX_ENTRY_BYTES + 1)
+            except UNREADABLE_ENTRY:  # bad CRC or sizes (a lying header), corrupt stream, encrypted, odd method
+                errors.append({"file": name, "error": f"{name}: damaged or unsupported entry in the archive"})
+                continue
             if len(data) > MAX_ENTRY_BYTES:  # the header lied about the size (zip bomb)
                 errors.append({"file": name, "error": f"{name}: too large once unpacked"})
                 continue

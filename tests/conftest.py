@@ -103,3 +103,324 @@ def head_version(tmp_path_factory, backbone_dir, dataset_dir) -> Settings:
                            LocalRegistry(trained.models_dir))
     assert result["version"] == "v1"
     return trained
+
+
+# --- the launched app (tests/test_app_api.py, tests/test_app_browser.py) ---------------------------
+
+class RunningApp:
+    """``python app.py`` in a subprocess on a free loopback port; its log goes to ``log_file``."""
+
+    def __init__(self, data_dir: Path, log_file: Path, env: dict[str, str]):
+        import socket
+        import subprocess
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.data_dir = data_dir
+        self.log_file = log_file
+        environment = {k: v for k, v in os.environ.items()
+                       if k not in ("MONGODB_URI", "APP_USERS", "SPACE_ID", "HF_TOKEN", "SAMPLE_ROOTS", "MAX_BATCH")}
+        environment.update(DATA_DIR=str(data_dir), GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
+                           HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", **env)
+        self._log = open(log_file, "wb")
+        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=environment,
+                                        stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_file.read_text(encoding="utf-8", errors="replace")[-4000:]
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Block until ``/status`` answers through gradio_client; fail with the app's log if it dies."""
+        import time
+
+        from gradio_client import Client
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail(f"app.py exited with code {self.process.returncode}:\n{self.log()}")
+            try:
+                Client(self.url, verbose=False, download_files=False).predict(api_name="/status")
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail(f"app.py did not answer /status within {timeout_s:.0f} s:\n{self.log()}")
+                time.sleep(0.5)
+
+    def client(self, **kwargs):
+        from gradio_client import Client
+
+        return Client(self.url, verbose=False, download_files=False, **kwargs)
+
+    def stop(self) -> None:
+        import subprocess
+
+        import signal
+
+        if self.process.poll() is None:
+            # SIGINT first: Gradio closes on KeyboardInterrupt and the engine stops its embedded database cleanly
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def launch_app(tmp_path_factory):
+    """A function ``launch_app(data_dir, **env) -> RunningApp`` (ready to serve); call ``.stop()`` when done.
+    Any app still running at the end of the session is stopped here."""
+    started: list[RunningApp] = []
+
+    def launch(data_dir: Path, **env: str) -> RunningApp:
+        app = RunningApp(Path(data_dir), tmp_path_factory.mktemp("app-log") / "app.log", env)
+        started.append(app)
+        app.wait_ready()
+        return app
+
+    yield launch
+    for app in started:
+        app.stop()
+
+
+# --- reliability/security tests: apps in their own working directory, killable; a database in its own process ---
+
+_APP_ENV_OWNED = ("MONGODB_URI", "DATASET", "APP_USERS", "HF_TOKEN", "HUB_MODEL_ID", "HUB_DATASET_ID", "HF_ENDPOINT",
+                  "MAX_BATCH", "MAX_UPLOAD_MB", "MAX_IMAGE_PIXELS", "SAMPLE_ROOTS", "SPACE_ID", "HF_ALLOWED_USERS",
+                  "BACKBONE", "GRADIO_SERVER_PORT", "GRADIO_SERVER_NAME", "GRADIO_TEMP_DIR")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def data_dir_with_backbone(root: Path, backbone: Path) -> Path:
+    """``root/data`` holding a copy of the prepared backbone, as a fresh install would after first start."""
+    data = root / "data"
+    shutil.copytree(backbone, data / "backbones" / backbone.name)
+    return data
+
+
+class IsolatedApp:
+    """``python app.py`` with its own working directory, Gradio temp dir and log, so a test can prove what it
+    wrote (nothing outside ``workdir`` and DATA_DIR) and can SIGKILL it. The same object restarts the app."""
+
+    def __init__(self, data_dir: Path, workdir: Path, env: dict[str, str] | None = None):
+        self.data_dir, self.workdir, self.env = Path(data_dir), Path(workdir), dict(env or {})
+        self.log_file = self.workdir / "app.log"
+        self.process = None
+        self.url = ""
+
+    def start(self, timeout_s: float = 150.0) -> "IsolatedApp":
+        import subprocess
+        import time
+
+        import httpx
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}/"
+        environment = {k: v for k, v in os.environ.items() if k not in _APP_ENV_OWNED}
+        environment.update(DATA_DIR=str(self.data_dir), GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
+                           HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1",
+                           GRADIO_TEMP_DIR=str(self.workdir / "gradio-tmp"), MPLCONFIGDIR=str(self.workdir / "mpl"))
+        environment.update(self.env)
+        with open(self.log_file, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=self.workdir, env=environment,
+                                            stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail(f"app.py exited with code {self.process.returncode}:\n{self.log()[-4000:]}")
+            try:
+                if httpx.get(self.url + "gradio_api/info", timeout=5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"app.py did not serve within {timeout_s:.0f} s:\n{self.log()[-4000:]}")
+            time.sleep(0.3)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_file.read_text(encoding="utf-8", errors="replace") if self.log_file.exists() else ""
+
+    def client(self, headers: dict | None = None):
+        from gradio_client import Client
+
+        return Client(self.url, headers=headers, verbose=False, download_files=False)
+
+    def kill(self) -> None:
+        """SIGKILL: no handler, no cleanup, like a power cut of this process."""
+        import signal
+
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class DatabaseProcess:
+    """A SecantusDB server in a process of its own (``python -m secantus``) on a fixed port and storage folder,
+    so a test can stop it (an outage) and start it again on the same port and data."""
+
+    def __init__(self, storage: Path, port: int | None = None, auth: bool = False):
+        self.storage, self.port, self.auth = Path(storage), port or free_port(), auth
+        self.process = None
+
+    @property
+    def hosts(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 60.0) -> "DatabaseProcess":
+        import socket
+        import subprocess
+        import time
+
+        self.storage.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(self.port),
+                "--storage-path", str(self.storage)] + (["--auth"] if self.auth else [])
+        with open(self.storage.parent / f"{self.storage.name}.log", "ab") as log:
+            # cwd: the storage's parent, so no ./secantusd.toml of the repository is picked up
+            self.process = subprocess.Popen(args, cwd=self.storage.parent, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"the database process exited with code {self.process.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        pytest.fail("the database process did not listen in time")
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def create_user(self, user: str, password: str) -> None:
+        """Provision a user the SecantusDB way: on the server started without --auth."""
+        from pymongo import MongoClient
+
+        client = MongoClient(f"mongodb://{self.hosts}/", serverSelectionTimeoutMS=5000)
+        try:
+            client.admin.command("createUser", user, pwd=password, roles=["root"])
+        finally:
+            client.close()
+
+
+def tree_snapshot(*roots: Path, skip: tuple[Path, ...] = ()) -> dict[str, tuple[int, int]]:
+    """Every file under ``roots`` (except under ``skip``) → (size, mtime_ns): compare two to see what was written."""
+    skip = tuple(Path(p).resolve() for p in skip)
+    found = {}
+    for root in roots:
+        for path in Path(root).rglob("*"):
+            resolved = path.resolve() if path.is_symlink() else path
+            if any(resolved == s or s in resolved.parents for s in skip) or not path.is_file():
+                continue
+            stat = path.stat()
+            found[str(path)] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose IHDR claims ``width``×``height`` pixels (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4096))
+            + chunk(b"IEND", b""))
+
+
+def write_hostile_files(folder: Path) -> dict[str, Path]:
+    """Files that must be refused one by one, each with the message fragment that says why:
+    ``{name: (path, fragment)}`` (plus ``good.jpg``, a normal image, with fragment None)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = folder / "good.jpg"
+    make_image("ellipse", (220, 60, 40), seed=4242).save(good, quality=90)
+    data = good.read_bytes()
+    contents = {
+        "truncated.jpg": (data[: len(data) // 3], "damaged or truncated"),
+        "notes.jpg": (b"these are my notes, not a photo\n" * 20, "not a readable image"),
+        "program.jpg": (b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 8, "not a readable image"),
+        "empty.jpg": (b"", "the file is empty"),
+        "bomb.png": (png_claiming(30000, 30000), "over the limit"),
+    }
+    files = {"good.jpg": (good, None)}
+    for name, (body, fragment) in contents.items():
+        (folder / name).write_bytes(body)
+        files[name] = (folder / name, fragment)
+    return files
+
+
+def write_odd_images(folder: Path) -> dict[str, Path]:
+    """Valid images in unusual encodings that must be predicted: animated GIF, 16-bit PNG, CMYK JPEG,
+    EXIF-rotated JPEG (stored 64×32, shown 32×64), 1×1 PNG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {name: folder / name for name in ("animated.gif", "sixteen_bit.png", "cmyk.jpg", "rotated.jpg", "one_pixel.png")}
+    frames = [make_image("ellipse", (220, 60, 40), seed=s) for s in (1, 2, 3)]
+    frames[0].save(paths["animated.gif"], save_all=True, append_images=frames[1:], duration=80, loop=0)
+    Image.fromarray((np.arange(48 * 48, dtype=np.uint32).reshape(48, 48) * 28).astype(np.uint16)).save(paths["sixteen_bit.png"])
+    make_image("rectangle", (40, 160, 60), seed=7).convert("CMYK").save(paths["cmyk.jpg"], quality=90)
+    rotated = make_image("stripes", (50, 70, 200), seed=8).resize((64, 32))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    rotated.save(paths["rotated.jpg"], exif=exif, quality=90)
+    Image.new("RGB", (1, 1), (10, 200, 30)).save(paths["one_pixel.png"])
+    return paths
+
+
+def write_hostile_zip(path: Path, outside: Path) -> Path:
+    """A .zip with path-traversal and absolute entries (``outside`` is where an unsafe extractor would write),
+    a nested zip, a text file, a 60 MB zero-filled entry (~60 kB compressed) and one good image ``ok/fine.jpg``."""
+    import io
+    import zipfile
+
+    def jpeg(seed: int) -> bytes:
+        buf = io.BytesIO()
+        make_image("rectangle", (40, 160, 60), seed=seed).save(buf, format="JPEG", quality=90)
+        return buf.getvalue()
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("../../escaped.jpg", jpeg(501))
+        archive.writestr(str(outside / "absolute.jpg"), jpeg(502))
+        archive.writestr("ok/fine.jpg", jpeg(503))
+        archive.writestr("inner.zip", b"PK\x05\x06" + b"\0" * 18)
+        archive.writestr("readme.txt", "not an image")
+        archive.writestr("huge.jpg", b"\0" * (60 * 1024 * 1024))
+    return path

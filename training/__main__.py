@@ -9,10 +9,14 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
+from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from settings import PlatformError, get_settings
+from settings import PlatformError, Settings, get_settings
 from training.config import TrainConfig
+from training.data import LoadedData, Sample, load_samples, merge_samples
+
+log = logging.getLogger("training")
 
 
 @dataclass
@@ -20,6 +24,46 @@ class RunArgs:
     data: str | None = field(default=None, metadata={"help": "class-per-folder directory, .zip of one, saved `datasets` folder, or Hub dataset id (default: $DATASET)"})
     with_labels: bool = field(default=False, metadata={"help": "also train on every human label in the labelling store (overriding dataset labels)"})
     no_activate: bool = field(default=False, metadata={"help": "register the version without making it active"})
+
+
+def train_from_sources(settings: Settings, config: TrainConfig, data: str | None, with_labels: bool,
+                       activate: bool = True, show_progress: bool = False) -> dict:
+    """Dataset (+ every human label in the store) → a new registered version; returns ``{version, metrics}``."""
+    base = load_samples(data) if data else LoadedData([])
+    human: list[Sample] = []
+    if with_labels:
+        from labeling.store import open_store
+        store = open_store(settings)  # the running app's database when it is up, else our own
+        try:
+            human = [Sample(li.sha256, li.label, li.name, li.read) for li in store.labelled_samples()]
+            samples = merge_samples(base.samples, human)
+            return _train(settings, config, samples, base, data, activate, show_progress)
+        finally:
+            store.close()
+    return _train(settings, config, base.samples, base, data, activate, show_progress)
+
+
+def _train(settings, config, samples, base, data, activate, show_progress) -> dict:
+    from classifier.registry import LocalRegistry
+    from training.run import train_version
+
+    if not samples:
+        raise PlatformError("No training data: pass --data DIR (or set DATASET), or use --with-labels")
+    bar = tqdm(total=1000, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed} {postfix}") if show_progress else None
+
+    def report(fraction: float, message: str) -> None:
+        bar.n = int(fraction * 1000)
+        bar.set_postfix_str(message[:60])
+        bar.refresh()
+        log.info("%s", message)
+
+    try:
+        return train_version(samples, config, settings, LocalRegistry(settings.models_dir),
+                             report=report if bar else None, activate=activate, skipped=base.skipped,
+                             dataset_name=data)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        from engine import train_from_sources
         settings = get_settings()
         result = train_from_sources(settings, config, data=run_args.data or settings.dataset,
                                     with_labels=run_args.with_labels, activate=not run_args.no_activate,

@@ -69,6 +69,13 @@ class TrainConfig:
         res = self.resolution or 96
         if isinstance(self.filter_size, int) and isinstance(res, int) and self.filter_size > res:
             out.append(f"filter_size {self.filter_size} px is larger than the {res} px input")
+        depth_ok = isinstance(self.depth, int) and 1 <= self.depth <= 6
+        if self.mode == "scratch" and isinstance(res, int) and res >= 16 and depth_ok:
+            # Below 2×2 px the stride-2 convolutions fail (and batch norm does on a last batch of one image).
+            if smallest_feature_map(res, self.depth) < 2:
+                deepest = max((d for d in range(1, 7) if smallest_feature_map(res, d) >= 2), default=1)
+                out.append(f"depth {self.depth} is too deep for a {res} px input: every stage halves the image "
+                           f"and it must stay at least 2×2 px; use depth {deepest} or less, or a larger resolution")
         return out
 
     @classmethod
@@ -88,7 +95,17 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def smallest_feature_map(resolution: int, depth: int) -> int:
+    """Side (pixels) of the scratch CNN's last feature map: its stem and each stage halve the input (stride 2)."""
+    side = (resolution - 2) // 2 + 1
+    for _ in range(depth):
+        side = (side - 2) // 2 + 1
+    return side
+
+
 def _coerce(name: str, raw: Any, type_name: str) -> Any:
+    if isinstance(raw, bool) and not type_name.startswith("bool"):
+        raise PlatformError(f"Bad training parameters: {name} must be a number, got {raw!r}")
     try:
         if type_name.startswith("bool"):
             if isinstance(raw, str):

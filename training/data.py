@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
 from classifier.images import IMAGE_SUFFIXES
+from classifier.uploads import UNREADABLE_ENTRY
 from settings import PlatformError
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,15 @@ def find_class_root(root: Path) -> Path:
         has_images = any(f.suffix.lower() in IMAGE_SUFFIXES for f in current.iterdir() if f.is_file())
         if split is not None and not has_images:
             current = split
-        elif len(subdirs) == 1 and not has_images:
-            current = subdirs[0]
+        elif len(subdirs) == 1 and not has_images and not _holds_images(subdirs[0]):
+            current = subdirs[0]  # a wrapper folder; one holding images is the only class, not a wrapper
         else:
             break
     return current
+
+
+def _holds_images(folder: Path) -> bool:
+    return any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in folder.iterdir())
 
 
 def _file_reader(path: Path) -> Callable[[], bytes]:
@@ -120,8 +125,12 @@ def load_zip(path: Path) -> LoadedData:
             if member.file_size > MAX_ZIP_MEMBER_BYTES or total + member.file_size > MAX_ZIP_TOTAL_BYTES:
                 _skip(skipped, "file too large")
                 continue
-            with archive.open(member) as fh:
-                data = fh.read(MAX_ZIP_MEMBER_BYTES + 1)
+            try:
+                with archive.open(member) as fh:
+                    data = fh.read(MAX_ZIP_MEMBER_BYTES + 1)
+            except UNREADABLE_ENTRY:
+                _skip(skipped, "damaged or unsupported archive entry")
+                continue
             if len(data) > MAX_ZIP_MEMBER_BYTES:  # the header lied about the size (zip bomb)
                 _skip(skipped, "file too large")
                 continue

@@ -16,7 +16,7 @@ import torch
 
 from classifier.backbone import load_model_and_processor, resolve_backbone
 from classifier.embeddings import Embedder, EmbeddingCache, FeatureModel
-from classifier.images import ImageInput
+from classifier.images import ImageInput, decode
 from classifier.registry import LocalRegistry
 from settings import PlatformError, Settings
 from training import trainer
@@ -95,13 +95,33 @@ def split(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[S
     return train, val
 
 
-def check_classes(samples: list[Sample]) -> list[str]:
+def check_classes(samples: list[Sample], skipped: dict[str, int] | None = None) -> list[str]:
     labels = sorted({s.label for s in samples})
     if len(samples) < 2 or len(labels) < 2:
+        why = f" Left out: {'; '.join(f'{reason} ({n})' for reason, n in skipped.items())}." if skipped else ""
         raise PlatformError(
             f"Training needs at least two classes with images; found {len(labels)} class(es) and "
-            f"{len(samples)} usable image(s). Label some images with a second class first.")
+            f"{len(samples)} usable image(s).{why} Label some images with a second class first.")
     return labels
+
+
+def drop_unreadable(samples: list[Sample], readable: set[str]) -> tuple[list[Sample], dict[str, int]]:
+    """The samples whose image could be read, and what was left out (reason → count); a class that lost
+    every image is named, so the user learns why the new version lacks it."""
+    usable = [s for s in samples if s.sha256 in readable]
+    bad = {s.sha256 for s in samples} - readable
+    skipped = {"undecodable image": len(bad)} if bad else {}
+    for name in sorted({s.label for s in samples} - {s.label for s in usable}):
+        skipped[f"class {name!r} left out: none of its images could be read"] = sum(s.label == name for s in samples)
+    return usable, skipped
+
+
+def _readable(sample: Sample, max_pixels: int) -> bool:
+    try:
+        decode(ImageInput(sample.name, sample.read(), sample.sha256), max_pixels, draft_size=64)
+        return True
+    except (PlatformError, OSError):
+        return False
 
 
 def _probs(fm: FeatureModel, feats: np.ndarray) -> np.ndarray:
@@ -138,8 +158,9 @@ def train_version(samples: list[Sample], config: TrainConfig, settings: Settings
     report = report or (lambda f, m: None)
     started = time.monotonic()
     check_classes(samples)
-    staged = registry.stage()
+    staged = None
     try:
+        staged = registry.stage()
         result = _MODES[config.mode](samples, config, settings, staged, report, should_stop)
         info, metrics = result
         metrics.update(wall_time_s=round(time.monotonic() - started, 2), skipped=dict(skipped or {}, **metrics.get("skipped", {})))
@@ -148,18 +169,23 @@ def train_version(samples: list[Sample], config: TrainConfig, settings: Settings
         write_run_files(staged, metrics, params)
         report(0.99, "registering the new version")
         version = registry.register(staged, info, finalize=card_writer(info, metrics, params))
-    except OSError as exc:
-        registry.discard(staged)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    except BaseException as exc:
+        if staged is not None:
+            registry.discard(staged)
+        if _out_of_space(exc):
             raise PlatformError("The data directory ran out of disk space while saving the model; "
                                 "nothing was registered and the previous version stays active") from None
-        raise
-    except BaseException:
-        registry.discard(staged)
         raise
     if activate:
         registry.set_active(version)
     return {"version": version, "metrics": summary(metrics)}
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT, as an OSError or wrapped by a writer with its own error type (safetensors' SafetensorError)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
 
 
 def summary(metrics: dict) -> dict:
@@ -170,12 +196,11 @@ def summary(metrics: dict) -> dict:
 def _embedded_split(samples, config, settings, report, fm):
     """Embed through the cache, drop undecodable images, split; shared by head and finetune."""
     embedder = Embedder(fm, EmbeddingCache(settings.embeddings_dir, fm.cache_key), settings.max_image_pixels)
-    feats, errors = embed_samples(embedder, samples, lambda f, m: report(0.05 + 0.45 * f, m))
-    usable = [s for s in samples if s.sha256 in feats]
-    labels = check_classes(usable)
+    feats, _ = embed_samples(embedder, samples, lambda f, m: report(0.05 + 0.45 * f, m))
+    usable, skipped = drop_unreadable(samples, set(feats))
+    labels = check_classes(usable, skipped)
     train, val = split(usable, config.val_fraction, config.seed)
     index = {name: i for i, name in enumerate(labels)}
-    skipped = {"undecodable image": len({s.sha256 for s in samples if s.sha256 in errors})} if errors else {}
     return feats, train, val, labels, index, skipped
 
 
@@ -237,14 +262,16 @@ def _train_finetune(samples, config, settings, staged, report, should_stop):
 
 
 def _train_scratch(samples, config, settings, staged, report, should_stop):
-    labels = check_classes(samples)
+    unique = {s.sha256: s for s in samples}.values()
+    samples, skipped = drop_unreadable(samples, {s.sha256 for s in unique if _readable(s, settings.max_image_pixels)})
+    labels = check_classes(samples, skipped)
     train, val = split(samples, config.val_fraction, config.seed)
     index = {name: i for i, name in enumerate(labels)}
     model, processor = trainer.build_scratch_model(config, labels)
     dataset = trainer.ImageDataset(train, [index[s.label] for s in train], config.resolution, processor.image_mean,
                                    processor.image_std, config.augment, settings.max_image_pixels, config.seed)
     curve = trainer.fit(model, dataset, config, lambda f, m: report(0.05 + 0.9 * f, m), should_stop)
-    return _save_and_evaluate(model, processor, staged, samples, train, val, labels, index, settings, curve, {},
+    return _save_and_evaluate(model, processor, staged, samples, train, val, labels, index, settings, curve, skipped,
                               {"backbone": f"scratch ({config.filters} filters, {config.filter_size}px kernels, depth {config.depth})"})
 
 

