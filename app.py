@@ -41,6 +41,17 @@ def _hub_state(push: dict | None) -> str:
     return push["state"] + (f": {push['reason']}" if push.get("reason") else "")
 
 
+def _whole_number(value) -> int | None:
+    """``value`` as an int if it is one (0, 3.0, "2"); None for anything else ("../x", 1.5, True, None)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
+
+
 def _oauth_profile(request):
     try:
         return ((request.session or {}).get("oauth_info") or {}).get("userinfo")
@@ -73,16 +84,26 @@ class Handlers:
         text, _, _ = views.batch_accuracy(batch["results"], {})
         return (batch, gallery, table, views.summary(result, threshold),
                 plots.class_distribution(batch["results"]), plots.confidence_histogram(batch["results"], threshold),
-                gr.update(choices=["all"] + classes, value="all"), text, None)
+                gr.update(choices=["all"] + classes, value="all"), text, None, "", self.class_choices())
+
+    def class_choices(self):
+        """The bulk-assign dropdown: the live model's classes plus every human label."""
+        names = set(self.engine.classes())
+        try:
+            names |= set(self.engine.store().current_labels().values())
+        except PlatformError:
+            pass
+        return gr.update(choices=sorted(names))
 
     def sample(self, root_index, count, threshold, sort, progress=gr.Progress()):
         roots = self.settings.sample_roots
-        if root_index is None or not 0 <= int(root_index) < len(roots):
+        index = _whole_number(root_index)
+        if index is None or not 0 <= index < len(roots):
             raise PlatformError("Choose one of the configured sample folders")
-        files = list_image_files(roots[int(root_index)])
+        files = list_image_files(roots[index])
         if not files:
             raise PlatformError("That folder holds no images")
-        count = max(1, min(int(count or 1), self.settings.max_batch, len(files)))
+        count = max(1, min(_whole_number(count) or 1, self.settings.max_batch, len(files)))
         return self.show_predictions(random.sample(files, count), threshold, sort, progress)
 
     def reorder(self, batch, threshold, sort, class_filter, frame):
@@ -94,25 +115,29 @@ class Handlers:
     def bulk(self, frame, label, only_low):
         return views.bulk_assign(frame, label, only_low)
 
-    def save(self, batch, frame, session_user, request: gr.Request):
+    def save(self, batch, frame, session_user, request: gr.Request, only_changed: bool = False):
         if not batch or not batch["results"]:
             raise PlatformError("Predict a batch first")
         user = self.writer(session_user, request)
-        labels = views.edited_labels(frame, batch["results"])
+        labels = views.edited_labels(frame, batch["results"], only_changed=bool(only_changed))
         if not labels:
-            raise PlatformError("There are no labels to save: type or choose labels in the 'label' column")
+            raise PlatformError("There are no labels to save: type or choose labels in the 'label' column"
+                                + (" (only rows whose label differs from the prediction are saved)" if only_changed else ""))
         result = self.engine.save_labels([{"sha256": s, "label": lab} for s, lab in labels.items()], user=user)
         batch = dict(batch, saved=dict(batch.get("saved", {}), **result.get("labels", labels)))
         text, human, predicted = views.batch_accuracy(batch["results"], batch["saved"])
         new = f" New classes: {', '.join(result['new_classes'])}." if result.get("new_classes") else ""
         message = (f"Saved {result['saved']} label(s) as **{user}** ({result.get('unchanged', 0)} unchanged).{new} "
                    "Retrain in the Train tab to use them.")
-        return batch, message, text, plots.confusion(human, predicted, "This batch: human label vs prediction")
+        return (batch, message, text, plots.confusion(human, predicted, "This batch: human label vs prediction"),
+                self.class_choices(), self.status_text())
 
     # --- train tab ---
     def train(self, mode, lr, batch_size, epochs, val_fraction, unfreeze_blocks, filters, filter_size, depth,
               session_user, request: gr.Request, progress=gr.Progress()):
         user = self.writer(session_user, request)
+        # Gradio 6's Number sends 0 for an empty field, so 0 means "the mode's default" here.
+        lr, batch_size, epochs = (v or None for v in (lr, batch_size, epochs))
         previous = self.engine.registry.active()
         params = {"mode": mode, "lr": lr, "batch_size": batch_size, "epochs": epochs, "val_fraction": val_fraction,
                   "unfreeze_blocks": unfreeze_blocks, "filters": filters, "filter_size": filter_size, "depth": depth}
@@ -122,7 +147,7 @@ class Handlers:
             time.sleep(0.5)
         if job.state != "done":
             raise PlatformError(job.error or f"Training {job.state}")
-        return self.compare(job.result["version"], previous) + (self.models_table(),)
+        return self.compare(job.result["version"], previous) + (self.models_table(), self.status_text())
 
     def compare(self, version, previous):
         """Markdown, confusion matrix, per-class F1 and loss curves of a version next to another."""
@@ -166,7 +191,7 @@ class Handlers:
         if not version:
             raise PlatformError("Choose a version to activate")
         self.engine.activate(version)
-        return (f"✅ {version} is now active: the next prediction uses it.",) + self.models_refresh()
+        return (f"✅ {version} is now active: the next prediction uses it.",) + self.models_refresh() + (self.status_text(),)
 
     def retry_push(self, version, session_user, request: gr.Request):
         self.writer(session_user, request)
@@ -261,6 +286,8 @@ def build_app(engine: Engine) -> gr.Blocks:
                                   label="label editor")
             with gr.Row():
                 save_btn = gr.Button("Save labels", variant="primary", elem_id="save-btn")
+                only_changed = gr.Checkbox(False, label="save only rows I changed",
+                                           info="off: every row is saved; unchanged rows count as confirmed predictions")
                 save_msg = gr.Markdown(elem_id="save-msg")
             with gr.Row():
                 batch_acc = gr.Markdown()
@@ -269,12 +296,12 @@ def build_app(engine: Engine) -> gr.Blocks:
         with gr.Tab("Train"):
             gr.Markdown("Trains on " + (f"the dataset `{s.dataset}` plus " if s.dataset else "") +
                         "every label saved in the store; the new version becomes active when training ends. "
-                        "Blank fields use the mode's defaults.")
+                        "0 in a field means the mode's default.")
             with gr.Row():
                 mode = gr.Radio(MODES, value="head", label="mode", info="head: seconds · finetune/scratch: minutes")
-                lr = gr.Number(None, label="learning rate", minimum=0)
-                batch_size = gr.Number(None, precision=0, label="batch size", minimum=1)
-                epochs = gr.Number(None, precision=0, label="epochs", minimum=1)
+                lr = gr.Number(0, label="learning rate", minimum=0, info="0 = the mode's default")
+                batch_size = gr.Number(0, precision=0, label="batch size", minimum=0, info="0 = the mode's default")
+                epochs = gr.Number(0, precision=0, label="epochs", minimum=0, info="0 = the mode's default")
                 val_fraction = gr.Slider(0, 0.5, value=0.2, step=0.05, label="validation fraction")
             with gr.Accordion("finetune / scratch options", open=False):
                 with gr.Row():
@@ -309,7 +336,8 @@ def build_app(engine: Engine) -> gr.Blocks:
         api_out = gr.JSON(visible=False)
         api_btn = gr.Button(visible=False)
 
-        predict_outputs = [batch, gallery, editor, summary, dist_plot, conf_plot, class_filter, batch_acc, batch_conf]
+        predict_outputs = [batch, gallery, editor, summary, dist_plot, conf_plot, class_filter, batch_acc, batch_conf,
+                           save_msg, bulk_label]
         predict_btn.click(user_errors(h.show_predictions), [files, threshold, sort], predict_outputs,
                           concurrency_id="predict", concurrency_limit=2, api_visibility="private")
         if s.sample_roots:
@@ -322,17 +350,17 @@ def build_app(engine: Engine) -> gr.Blocks:
                            api_visibility="private")
         bulk_low_btn.click(user_errors(functools.partial(h.bulk, only_low=True)), [editor, bulk_label], editor,
                            api_visibility="private")
-        save_btn.click(user_errors(h.save), [batch, editor, session_user], [batch, save_msg, batch_acc, batch_conf],
-                       api_visibility="private")
+        save_btn.click(user_errors(h.save), [batch, editor, session_user, only_changed],
+                       [batch, save_msg, batch_acc, batch_conf, bulk_label, status], api_visibility="private")
         train_btn.click(user_errors(h.train), [mode, lr, batch_size, epochs, val_fraction, unfreeze, filters,
                                                filter_size, depth, session_user],
-                        [compare_md, train_conf, train_f1, train_loss, models_df],
+                        [compare_md, train_conf, train_f1, train_loss, models_df, status],
                         concurrency_id="train", concurrency_limit=1, api_visibility="private")
         gr.Timer(2.0).tick(h.training_status, None, [train_status, live_loss], api_visibility="private")
         gr.Timer(5.0).tick(h.status_text, None, status, api_visibility="private")
         refresh_btn.click(h.models_refresh, None, [models_df, version_pick], api_visibility="private")
         activate_btn.click(user_errors(h.activate_version), [version_pick, session_user],
-                           [activate_msg, models_df, version_pick], api_visibility="private")
+                           [activate_msg, models_df, version_pick, status], api_visibility="private")
         if s.hub_model_id:
             push_btn.click(user_errors(h.retry_push), [version_pick, session_user],
                            [activate_msg, models_df, version_pick], api_visibility="private")

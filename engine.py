@@ -69,6 +69,10 @@ class Engine:
         database. Failures are reported in ``status()`` and never stop the app."""
         if self.publisher is not None:
             self.publisher.sync()
+        try:
+            self.store()  # opened (and later closed) by this thread, as the embedded server prefers
+        except PlatformError as exc:
+            log.warning("%s", exc)
         if self.journal is not None:
             try:
                 replay_journal(self.journal, self.store())

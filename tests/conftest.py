@@ -108,9 +108,15 @@ def head_version(tmp_path_factory, backbone_dir, dataset_dir) -> Settings:
 # --- the launched app (tests/test_app_api.py, tests/test_app_browser.py) ---------------------------
 
 class RunningApp:
-    """``python app.py`` in a subprocess on a free loopback port; its log goes to ``log_file``."""
+    """``python app.py`` in a subprocess on a free loopback port, working in ``workdir`` (its log, Gradio's
+    temp files); ``env`` adds to a clean environment with DATA_DIR set."""
 
-    def __init__(self, data_dir: Path, log_file: Path, env: dict[str, str]):
+    OWNED_ENV = ("MONGODB_URI", "DATASET", "APP_USERS", "HF_TOKEN", "HUB_MODEL_ID", "HUB_DATASET_ID", "HF_ENDPOINT",
+                 "MAX_BATCH", "MAX_UPLOAD_MB", "MAX_IMAGE_PIXELS", "SAMPLE_ROOTS", "SPACE_ID", "HF_ALLOWED_USERS",
+                 "BACKBONE", "GRADIO_SERVER_PORT", "GRADIO_SERVER_NAME", "GRADIO_TEMP_DIR")
+
+    def __init__(self, data_dir: Path, workdir: Path, env: dict[str, str]):
+        import signal
         import socket
         import subprocess
 
@@ -118,31 +124,38 @@ class RunningApp:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
-        self.data_dir = data_dir
-        self.log_file = log_file
-        environment = {k: v for k, v in os.environ.items()
-                       if k not in ("MONGODB_URI", "APP_USERS", "SPACE_ID", "HF_TOKEN", "SAMPLE_ROOTS", "MAX_BATCH")}
+        self.data_dir = Path(data_dir)
+        self.log_file = Path(workdir) / "app.log"
+        environment = {k: v for k, v in os.environ.items() if k not in self.OWNED_ENV}
         environment.update(DATA_DIR=str(data_dir), GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
-                           HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", **env)
-        self._log = open(log_file, "wb")
-        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=environment,
-                                        stdout=self._log, stderr=subprocess.STDOUT)
+                           HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1",
+                           GRADIO_TEMP_DIR=str(Path(workdir) / "gradio-tmp"), MPLCONFIGDIR=str(Path(workdir) / "mpl"),
+                           **env)
+        with open(self.log_file, "wb") as log:
+            # SIGINT back to its default in the child: a shell's background job inherits it ignored, and then
+            # Python installs no KeyboardInterrupt handler and stop() could not shut the app down cleanly.
+            self.process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=workdir, env=environment,
+                                            stdout=log, stderr=subprocess.STDOUT,
+                                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def log(self) -> str:
         return self.log_file.read_text(encoding="utf-8", errors="replace")[-4000:]
 
+    def client(self, **kwargs):
+        from gradio_client import Client
+
+        return Client(self.url, verbose=False, download_files=False, **kwargs)
+
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Block until ``/status`` answers through gradio_client; fail with the app's log if it dies."""
         import time
-
-        from gradio_client import Client
 
         deadline = time.monotonic() + timeout_s
         while True:
             if self.process.poll() is not None:
                 pytest.fail(f"app.py exited with code {self.process.returncode}:\n{self.log()}")
             try:
-                Client(self.url, verbose=False, download_files=False).predict(api_name="/status")
+                self.client().predict(api_name="/status")
                 return
             except Exception:
                 if time.monotonic() > deadline:
@@ -150,25 +163,18 @@ class RunningApp:
                     pytest.fail(f"app.py did not answer /status within {timeout_s:.0f} s:\n{self.log()}")
                 time.sleep(0.5)
 
-    def client(self, **kwargs):
-        from gradio_client import Client
-
-        return Client(self.url, verbose=False, download_files=False, **kwargs)
-
     def stop(self) -> None:
+        """SIGINT, as Ctrl-C: Gradio closes and the engine stops its embedded database; SIGKILL after 20 s."""
+        import signal
         import subprocess
 
-        import signal
-
         if self.process.poll() is None:
-            # SIGINT first: Gradio closes on KeyboardInterrupt and the engine stops its embedded database cleanly
             self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
-        self._log.close()
 
 
 @pytest.fixture(scope="session")
@@ -178,7 +184,7 @@ def launch_app(tmp_path_factory):
     started: list[RunningApp] = []
 
     def launch(data_dir: Path, **env: str) -> RunningApp:
-        app = RunningApp(Path(data_dir), tmp_path_factory.mktemp("app-log") / "app.log", env)
+        app = RunningApp(Path(data_dir), tmp_path_factory.mktemp("app-run"), env)
         started.append(app)
         app.wait_ready()
         return app

@@ -47,8 +47,9 @@ def table(results: list[dict], sort: str, class_filter: str | None, threshold: f
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def edited_labels(frame: pd.DataFrame | None, results: list[dict]) -> dict[str, str]:
-    """sha256 → label typed in the editor (rows with an empty label are left out)."""
+def edited_labels(frame: pd.DataFrame | None, results: list[dict], only_changed: bool = False) -> dict[str, str]:
+    """sha256 → label typed in the editor (rows with an empty label are left out; with ``only_changed``,
+    so are rows whose label is still the prediction)."""
     out = {}
     if frame is None or len(frame) == 0:
         return out
@@ -59,7 +60,7 @@ def edited_labels(frame: pd.DataFrame | None, results: list[dict]) -> dict[str, 
             continue
         if 0 <= index < len(results):
             label = str(row["label"] if row["label"] is not None else "").strip()
-            if label and label != "—":
+            if label and label != "—" and not (only_changed and label == results[index].get("label")):
                 out[results[index]["sha256"]] = label
     return out
 
