@@ -74,6 +74,8 @@ def describe_hub_error(exc: BaseException, action: str, repo_id: str) -> str:
         return f"The Hub answered HTTP {status} while {action}: {server_message or 'no details'}."
     if isinstance(exc, ValueError):
         return f"The Hub rejected the request while {action}: {exc}"
+    if isinstance(exc, OSError):
+        return f"Local file error while {action}: {exc.strerror or exc}"
     return f"Unexpected {type(exc).__name__} while {action}."
 
 

@@ -40,7 +40,7 @@ ROW_FIELDS = ("id", "sha256", "label", "previous", "user", "time", "model_versio
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 JOURNAL_FILE_MAX_BYTES = 1_000_000
 """A journal file is closed and a new one started past this size (bytes), to keep re-uploads small."""
-IMAGE_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
+IMAGE_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 DATASET_CARD = """---
 configs:
 - config_name: default
@@ -296,7 +296,8 @@ class LabelJournal:
 
     def _write_metadata(self) -> None:
         """Rewrite ``images/metadata.jsonl`` (current label per image) when its content changed."""
-        lines = [json.dumps({"file_name": self._image_names[sha].removeprefix("images/"), "sha256": sha, "label": label})
+        lines = [json.dumps({"file_name": self._image_names[sha].removeprefix("images/"), "sha256": sha,
+                             "label": label})
                  for sha, (_, _, label) in sorted(self._labels.items()) if sha in self._image_names]
         data = "".join(line + "\n" for line in lines).encode()
         path = self.dir / "images" / "metadata.jsonl"

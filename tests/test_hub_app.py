@@ -109,3 +109,22 @@ def test_hub_down_at_start_keeps_serving_local_model(hub, settings, dataset_dir,
         hub.down = False
         restarted.close()
     assert TOKEN not in logged_text(caplog)
+
+
+def test_training_cli_pushes_the_new_version(hub, settings, dataset_dir):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, DATA_DIR=str(settings.data_dir), HUB_MODEL_ID=MODEL_REPO, HF_TOKEN=TOKEN,
+               HF_ENDPOINT=hub.endpoint, HF_HUB_OFFLINE="0", HF_HOME=str(settings.data_dir.parent / "hf_home"))
+    run = subprocess.run([sys.executable, "-m", "training", "--data", str(dataset_dir)], env=env,
+                         cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["version"] == "v1" and result["hub"]["state"] == "pushed"
+    repo = hub.repo(MODEL_REPO)
+    assert "v1" in repo.tags and json.loads(repo.files("main")["active.json"])["version"] == "v1"
+    assert TOKEN not in run.stdout + run.stderr

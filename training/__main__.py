@@ -85,8 +85,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; nothing was registered", file=sys.stderr)
         return 130
+    if settings.hub_model_id and settings.hf_token:
+        result["hub"] = push_to_hub(settings, result["version"], activate=not run_args.no_activate)
     print(json.dumps(result, ensure_ascii=False))
     return 0
+
+
+def push_to_hub(settings: Settings, version: str, activate: bool) -> dict:
+    """Push a new version to ``HUB_MODEL_ID`` (and record it as active there); a failure is reported, not fatal:
+    the version is registered locally either way and the app's Models tab can push it again."""
+    from classifier.hub import HubModelRepo
+    from classifier.publish import commit_message
+    from classifier.registry import LocalRegistry
+
+    info = LocalRegistry(settings.models_dir).get(version)
+    repo = HubModelRepo(settings.hub_model_id, settings.hf_token, endpoint=settings.hub_endpoint, private=True)
+    try:
+        commit = repo.push_version(info.path, version, commit_message(version, info.info, info.metrics()))
+        if activate:
+            repo.write_active(version)
+        return {"state": "pushed", "commit": commit}
+    except PlatformError as exc:
+        print(f"warning: {version} was not pushed to the Hub: {exc}", file=sys.stderr)
+        return {"state": "failed", "reason": str(exc)}
 
 
 if __name__ == "__main__":
