@@ -127,8 +127,11 @@ class Handlers:
         batch = dict(batch, saved=dict(batch.get("saved", {}), **result.get("labels", labels)))
         text, human, predicted = views.batch_accuracy(batch["results"], batch["saved"])
         new = f" New classes: {', '.join(result['new_classes'])}." if result.get("new_classes") else ""
+        rejected = result.get("rejected") or []
+        bad = (f"\n\n⚠ Not saved ({len(rejected)}): " + "; ".join(r["error"] for r in rejected[:5])
+               + (" …" if len(rejected) > 5 else "") + " — fix these rows and save again.") if rejected else ""
         message = (f"Saved {result['saved']} label(s) as **{user}** ({result.get('unchanged', 0)} unchanged).{new} "
-                   "Retrain in the Train tab to use them.")
+                   f"Retrain in the Train tab to use them.{bad}")
         return (batch, message, text, plots.confusion(human, predicted, "This batch: human label vs prediction"),
                 self.class_choices(), self.status_text())
 
@@ -379,9 +382,10 @@ def _register_api(engine: Engine, h: Handlers, api_btn, api_files, api_out) -> N
 
     @user_errors
     def save_labels(labels: list[dict], request: gr.Request) -> dict:
-        """Save human labels: a list of {"sha256": ..., "label": ...} → {saved, new_classes}."""
+        """Save human labels: a list of {"sha256": ..., "label": ...} → {saved, new_classes, rejected}
+        (each rejected item with its reason; the others are saved)."""
         result = engine.save_labels(labels, user=h.writer(None, request))
-        return {"saved": result["saved"], "new_classes": result["new_classes"]}
+        return {"saved": result["saved"], "new_classes": result["new_classes"], "rejected": result["rejected"]}
 
     @user_errors
     def retrain(mode: str = "head", lr: float | None = None, batch_size: int | None = None, epochs: int | None = None,

@@ -154,13 +154,25 @@ class Engine:
 
     # --- labels ----------------------------------------------------------------------------------
     def save_labels(self, items: list[dict], user: str = "anonymous") -> dict:
-        """Save ``[{sha256, label}]``; returns ``{saved, new_classes, unchanged}`` once durably written."""
+        """Save ``[{sha256, label}]`` once durably written; returns ``{saved, unchanged, new_classes, labels,
+        rejected}``. A bad item (invalid label, unknown image) is skipped with its reason in ``rejected``;
+        if no item can be saved, PlatformError says why and nothing is written."""
+        from labeling.records import nothing_saved, partition_items
+
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             raise PlatformError("Labels must be a list of {\"sha256\": …, \"label\": …} objects")
         if not items:
             raise PlatformError("No labels to save")
+        good, rejected = partition_items(items)
         store = self.store()
-        result = store.save_labels(items, user=user, known_classes=self.classes())
+        known = store.known_images([i["sha256"] for i in good]) if good else set()
+        rejected += [dict(i, error=f"image {i['sha256'][:12]} is not in the store: predict it first")
+                     for i in good if i["sha256"] not in known]
+        good = [i for i in good if i["sha256"] in known]
+        if not good:
+            raise nothing_saved(rejected)
+        result = store.save_labels(good, user=user, known_classes=self.classes())
+        result["rejected"] = rejected
         if self.journal is not None:
             predictor = self.live.current()
             stored = result["labels"]  # as saved: normalised, case mapped onto known classes

@@ -44,7 +44,7 @@ class LiveModel:
                 predictor = self.load(version)
             except PlatformError as exc:
                 log.warning("%s", exc)
-                self.warning = str(exc)
+                self.warning = self.warning or str(exc)  # the first failure is the active version's: keep it
                 continue
             if version != active and active:
                 self.warning = f"{self.warning} Serving {version} instead."

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 from bson import ObjectId
 from PIL import Image
 
-from labeling.labels import canonical_label
+from labeling.labels import canonical_label, normalize_label
 from settings import PlatformError
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,44 @@ def validate_items(items: Iterable[dict], known_classes: list[str], existing: li
         more = f" (and {len(errors) - _MAX_LISTED} more)" if len(errors) > _MAX_LISTED else ""
         raise PlatformError(f"Nothing saved; {len(errors)} invalid item(s): " + "; ".join(errors[:_MAX_LISTED]) + more)
     return wanted, new_classes
+
+
+def partition_items(items: Iterable[dict]) -> tuple[list[dict], list[dict]]:
+    """Split label items into those that can be saved and those that cannot, each with its reason.
+
+    Checks the sha256 format and the label rules one item at a time (case mapping onto known classes is
+    left to :meth:`LabelStore.save_labels`); an image listed twice with different labels is rejected both
+    times. Rejected items are ``{"sha256", "label", "error"}`` (the label cut to 80 characters).
+    """
+    good: list[dict] = []
+    rejected: list[dict] = []
+    labels_by_sha: dict[str, set[str]] = {}
+    for index, item in enumerate(items, start=1):
+        sha = item.get("sha256") if isinstance(item, dict) else None
+        raw = item.get("label") if isinstance(item, dict) else None
+        shown = raw[:80] if isinstance(raw, str) else raw
+        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            rejected.append({"sha256": sha, "label": shown, "error": f"item {index}: sha256 must be 64 lowercase hex digits"})
+            continue
+        try:
+            label = normalize_label(raw)
+        except PlatformError as exc:
+            rejected.append({"sha256": sha, "label": shown, "error": f"image {sha[:12]}: {exc}"})
+            continue
+        labels_by_sha.setdefault(sha, set()).add(label.casefold())
+        good.append({"sha256": sha, "label": label})
+    twice = {sha for sha, labels in labels_by_sha.items() if len(labels) > 1}
+    rejected += [{"sha256": i["sha256"], "label": i["label"], "error": f"image {i['sha256'][:12]}: listed twice with different labels"}
+                 for i in good if i["sha256"] in twice]
+    good = list({i["sha256"]: i for i in good if i["sha256"] not in twice}.values())
+    return good, rejected
+
+
+def nothing_saved(rejected: list[dict]) -> PlatformError:
+    """The error for a save in which no item could be saved, listing why."""
+    more = f" (and {len(rejected) - _MAX_LISTED} more)" if len(rejected) > _MAX_LISTED else ""
+    return PlatformError(f"Nothing saved; {len(rejected)} invalid item(s): "
+                         + "; ".join(r["error"] for r in rejected[:_MAX_LISTED]) + more)
 
 
 def json_safe(value: Any) -> Any:

@@ -302,6 +302,16 @@ class LabelStore:
         """``{sha256: human label}`` for every labelled image."""
         return {d["_id"]: d["label"] for d in self._db[schema.LABELS].find({}, {"label": 1})}
 
+    @_guarded
+    def known_images(self, shas: list[str]) -> set[str]:
+        """Which of ``shas`` are stored images."""
+        return {d["_id"] for d in self._db[schema.IMAGES].find({"_id": {"$in": list(shas)}}, {"_id": 1})}
+
+    @_guarded
+    def count_labels(self) -> int:
+        """How many images have a human label."""
+        return self._db[schema.LABELS].count_documents({})
+
     def labelled_samples(self) -> Iterator[LabelledImage]:
         """Every image with a current human label, in sha256 order; bytes are read lazily."""
         try:

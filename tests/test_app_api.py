@@ -124,7 +124,7 @@ def v2(client, v1, blobs_dir) -> dict:
 
 def test_new_class_is_saved_trained_and_predicted(client, v2, blobs_dir):
     assert [r["model_version"] for r in v2["rows"]] == ["v1"] * 8
-    assert v2["saved"] == {"saved": 8, "new_classes": ["blobs"]}
+    assert v2["saved"] == {"saved": 8, "new_classes": ["blobs"], "rejected": []}
     assert v2["result"]["version"] == "v2"
     assert v2["result"]["metrics"]["labels"] == ["blobs", "circles", "squares", "stripes"]
     assert v2["result"]["metrics"]["human_labels"] == 8
@@ -195,7 +195,7 @@ def test_writes_need_credentials_and_history_records_the_user(guarded, dataset_d
 
     alice = guarded.client(headers=basic_auth("alice", "pw"))
     # no model yet, so no class is known: "stripes" is new to the store
-    assert alice.predict(labels, api_name="/save_labels") == {"saved": 2, "new_classes": ["stripes"]}
+    assert alice.predict(labels, api_name="/save_labels") == {"saved": 2, "new_classes": ["stripes"], "rejected": []}
     assert alice.predict(mode="head", api_name="/retrain")["version"] == "v1"
     assert alice.predict("v1", api_name="/activate") == {"active": "v1"}
     assert anonymous.predict(files_of(dataset_dir / "stripes", 1), api_name="/predict")[0]["model_version"] == "v1"

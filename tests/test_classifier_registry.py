@@ -73,7 +73,8 @@ def test_half_written_folders_are_never_listed(tmp_path):
     staging = staged_checkpoint(registry)  # a run that crashed before register
     (registry.root / "v7").mkdir()  # a folder without version.json
     assert listed(registry) == [] and registry.active() is None
-    assert registry.clean_staging() == 1 and not staging.exists()
+    assert registry.clean_staging() == 0 and staging.exists()  # fresh: it may be a run still going elsewhere
+    assert registry.clean_staging(min_age_s=0) == 1 and not staging.exists()
     assert registry.register(staged_checkpoint(registry), {}) == "v8"  # never reuses a name on disk
 
 
@@ -165,7 +166,7 @@ def test_live_model_refuses_a_damaged_version_and_keeps_serving(two_real_version
     live2 = LiveModel(registry, settings)
     assert live2.current() is None  # v1 is gone and v2 is damaged: nothing is served rather than bad weights
     assert "damaged" in live2.warning
-    with pytest.raises(PlatformError, match="No model has been trained yet"):
+    with pytest.raises(PlatformError, match="No model version can be served: .*damaged"):
         live2.require()
 
 

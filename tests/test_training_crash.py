@@ -67,4 +67,4 @@ def test_sigkill_during_training_leaves_the_active_version_and_no_half_version(s
     result = train_version(samples, TrainConfig(mode="head", epochs=20), settings, after_crash)
     assert result["version"] == "v2" and after_crash.active() == "v2"
     assert [v.version for v in after_crash.versions()] == ["v1", "v2"]
-    assert after_crash.clean_staging() == 1 and list(staging.iterdir()) == []
+    assert after_crash.clean_staging(min_age_s=0) == 1 and list(staging.iterdir()) == []
