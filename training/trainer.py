@@ -101,6 +101,7 @@ def fit(model, train_set: ImageDataset, config: TrainConfig, report=None, should
             label_smoothing_factor=config.label_smoothing, lr_scheduler_type="cosine", warmup_steps=0,
             logging_steps=max(1, min(10, steps_per_epoch // 2)), save_strategy="no", eval_strategy="no",
             report_to="none", disable_tqdm=True, seed=config.seed, dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
             remove_unused_columns=False,
         )
         callback = _Progress(report, should_stop, config.max_seconds)
