@@ -1,0 +1,1 @@
+"""``python -m bench``: the platform's performance and accuracy benchmark (see ``bench/__main__.py``)."""

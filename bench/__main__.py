@@ -1,0 +1,136 @@
+"""``python -m bench``: measure the platform against stock baselines, offline, on this machine.
+
+Writes RESULTS.md (tables: baseline, ours, ratio, target, met?) and results.json (every repetition).
+The default run takes about 10 minutes on 2 cores; --quick is a smaller smoke run (about 2 minutes)
+that CI executes. Data: Fashion-MNIST from the Debian package dataset-fashion-mnist, written once as
+150×150 RGB JPEG class folders under bench/_work/, or any class-per-folder directory (--data).
+
+Sections (run order; --only takes these names):
+  inference   1. a 128-image batch, files → predictions, vs transformers.pipeline per image
+  embedding   3. first embedding of a dataset, images/s
+  accuracy    4. head / finetune / scratch test accuracy at equal wall-clock budget
+  retrain     2. head retrain with cached embeddings + 128 corrections vs one scratch epoch
+  app         5. the launched app under 1 and 4 concurrent clients (gradio_client)
+  cold_start  6. `python app.py` until /status answers
+  levers      resolution, threads, batch size, decode threads, channels_last, JPEG draft
+              (not part of --quick unless named with --only)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+ORDER = ("inference", "embedding", "accuracy", "retrain", "app", "cold_start", "levers")
+QUICK_SKIPS = ("levers",)
+"""Left out of --quick unless named with --only (they would not fit its two minutes)."""
+REPORT_ORDER = ("inference", "retrain", "embedding", "accuracy", "app", "cold_start", "levers")
+BENCH_DIR = Path(__file__).resolve().parent
+log = logging.getLogger("bench")
+
+
+def _sections(value: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    unknown = [n for n in names if n not in ORDER]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {', '.join(unknown) or value!r}; choose from {', '.join(ORDER)}")
+    return names
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller sets and fewer repetitions (about 2 minutes); sizes are stated in the report")
+    parser.add_argument("--only", type=_sections, metavar="NAME[,NAME]", help="run only these sections")
+    parser.add_argument("--data", type=Path, metavar="DIR",
+                        help="class-per-folder image directory to use instead of Fashion-MNIST "
+                             "(a seg_test/test sibling folder becomes the test set)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="where to write RESULTS.md and results.json (default: bench/ for a full run, "
+                             "bench/_work/<quick|partial>/ otherwise, so a smoke run never overwrites the full results)")
+    parser.add_argument("--keep-work", action="store_true",
+                        help="keep this run's data directories under bench/_work/runs/ (for inspection)")
+    return parser
+
+
+def _modules():
+    from bench import accuracy, app_load, inference, levers, retrain
+    return {"inference": inference.run_batch, "embedding": inference.run_first_embedding, "accuracy": accuracy.run,
+            "retrain": retrain.run, "app": app_load.run_load, "cold_start": app_load.run_cold_start,
+            "levers": levers.run}
+
+
+def _run_section(name: str, fn, bench) -> dict:
+    from bench.measure import CpuWatch
+    log.info("── section %s", name)
+    start = time.perf_counter()
+    with CpuWatch() as watch:
+        try:
+            section = fn(bench)
+        except Exception as exc:  # one broken section must not lose the others' figures
+            log.error("section %s failed:\n%s", name, traceback.format_exc())
+            section = {"name": name, "title": name, "error": f"{type(exc).__name__}: {exc}", "failed": True}
+    section["seconds"] = round(time.perf_counter() - start, 1)
+    section.setdefault("other_processes_cores", watch.other_cores)
+    log.info("── section %s done in %.0f s", name, section["seconds"])
+    return section
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")  # Trainer on a CPU-only machine
+    for noisy in ("httpx", "httpcore", "gradio_client", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.data is not None and not args.data.is_dir():
+        print(f"error: --data {args.data}: not a directory", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(BENCH_DIR.parent))
+    from bench.measure import CpuWatch, machine_info
+    from bench.report import write_results
+    from bench.workspace import FULL, QUICK, Bench
+
+    default = [n for n in ORDER if n not in QUICK_SKIPS] if args.quick else ORDER
+    names = [n for n in ORDER if n in (args.only or default)]
+    out = args.out or (BENCH_DIR if not (args.quick or args.only) else
+                       BENCH_DIR / "_work" / ("quick" if args.quick else "partial"))
+    bench = Bench(QUICK if args.quick else FULL, args.quick, args.data)
+    machine = machine_info()
+    log.info("machine: %s, %s cores, torch threads %s, load %.2f", machine["cpu_model"], machine["cores"],
+             machine["torch_threads"], machine["load_average_1min"])
+    start = time.perf_counter()
+    modules = _modules()
+    sections = {}
+    try:
+        with CpuWatch() as watch:
+            slices = bench.slices()
+            for name in names:
+                sections[name] = _run_section(name, modules[name], bench)
+    finally:
+        if not args.keep_work:
+            bench.cleanup()
+    total = time.perf_counter() - start
+    command = "python -m bench" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    results = {"run": {"command": command, "mode": "quick" if args.quick else "full", "sizes": vars(bench.sizes),
+                       "total_seconds": round(total, 1), "other_processes_cores": watch.other_cores,
+                       "data": slices.source, "sections_run": names},
+               "machine": machine, "sections": [sections[n] for n in REPORT_ORDER if n in sections]}
+    json_path, md_path = write_results(results, out)
+    log.info("done in %.0f s (%.1f min): %s, %s", total, total / 60, md_path, json_path)
+    return 1 if any(s.get("failed") for s in sections.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Figures 5 and 6: the launched app (``python app.py``) through ``gradio_client``.
+
+Contract used: ``/predict`` takes a list of image files and returns one row per image; ``/status``
+takes nothing. The app runs in its own process on a free local port with its own ``DATA_DIR``
+(backbone prepared, one head version active); its peak resident memory is read from
+``/proc/<pid>/status`` (VmHWM).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from bench.data import image_files
+from bench.measure import CpuWatch, Timing, repeat
+from bench.report import Figure
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent.parent
+APP = REPO / "app.py"
+START_TIMEOUT_S = 180
+RSS_TARGET_MB, COLD_START_TARGET_S = 1.5 * 1024, 15.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class AppProcess:
+    """``python app.py`` on a free port with the given ``DATA_DIR``; stopped (its whole process group) on exit."""
+
+    def __init__(self, settings, log_path: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        env = dict(os.environ, DATA_DIR=str(settings.data_dir), BACKBONE=str(settings.backbone or ""),
+                   GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        for name in ("DATASET", "MONGODB_URI", "APP_USERS", "SPACE_ID", "HUB_MODEL_ID"):
+            env.pop(name, None)
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, str(APP), "--port", str(self.port), "--host", "127.0.0.1"],
+                                     cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_status(self) -> float:
+        """Seconds from launch until ``/status`` answers through gradio_client."""
+        from gradio_client import Client
+        deadline = self.started + START_TIMEOUT_S
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"app.py exited with status {self.proc.returncode}: {self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    pass
+                Client(self.url, verbose=False, analytics_enabled=False).predict(api_name="/status")
+                return time.perf_counter() - self.started
+            except Exception:  # not listening yet, or the app still starting: poll again
+                time.sleep(0.05)
+        raise RuntimeError(f"app.py did not answer /status within {START_TIMEOUT_S} s: {self.log_tail()}")
+
+    def peak_rss_mb(self) -> dict:
+        """VmHWM (peak resident set) of the app process and of each child process (e.g. an embedded database)."""
+        out = {"app": _vm_hwm_mb(self.proc.pid)}
+        for child in _children(self.proc.pid):
+            out[f"child {child}"] = _vm_hwm_mb(child)
+        return out
+
+    def log_tail(self, chars: int = 600) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:].replace("\n", " | ")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> "AppProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _vm_hwm_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _unavailable(name: str, title: str, why: str) -> dict:
+    return {"name": name, "title": title, "error": f"app not available: {why}",
+            "figures": [Figure("app not available", "s", None, note=why)]}
+
+
+def _prepared_app_dir(bench, section: str):
+    settings = bench.settings(section)
+    version = bench.head_version(settings)
+    return settings, version
+
+
+def _predict(client, files: list[Path]) -> float:
+    from gradio_client import handle_file
+    start = time.perf_counter()
+    rows = client.predict([handle_file(str(f)) for f in files], api_name="/predict")
+    seconds = time.perf_counter() - start
+    bad = [r for r in rows if r.get("error") or not r.get("label")]
+    if len(rows) != len(files) or bad:
+        raise RuntimeError(f"/predict answered {len(rows)} rows for {len(files)} images; {len(bad)} without a label")
+    return seconds
+
+
+def _concurrent(clients, batches) -> tuple[list[float], float]:
+    """Send one batch per client at the same moment; (latency per request, wall time of the round)."""
+    latencies, errors = [None] * len(clients), []
+    barrier = threading.Barrier(len(clients) + 1)
+
+    def work(i):
+        barrier.wait()
+        try:
+            latencies[i] = _predict(clients[i], batches[i])
+        except Exception as exc:  # reported after the round
+            errors.append(exc)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(clients))]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return latencies, time.perf_counter() - start
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def run_load(bench) -> dict:
+    """Figure 5: 1 and 4 concurrent clients, each sending a batch of distinct, never-seen images."""
+    title = "App under load"
+    if not APP.is_file():
+        return _unavailable("app", title, "app.py is not in the repository yet")
+    from gradio_client import Client
+    settings, version = _prepared_app_dir(bench, "app")
+    pool, n, rounds = image_files(bench.slices().load_pool), bench.sizes.batch, bench.sizes.load_rounds
+    batches = iter([pool[i:i + n] for i in range(0, len(pool) - n + 1, n)])  # every request: images never seen
+    with AppProcess(settings, bench.run_dir / "app.log") as app:
+        start_s = app.wait_status()
+        clients = [Client(app.url, verbose=False, analytics_enabled=False) for _ in range(4)]
+        _predict(clients[0], next(batches))  # warm-up
+        with CpuWatch((app.proc.pid,)) as watch:
+            single = [_predict(clients[0], next(batches)) for _ in range(rounds)]
+            rss_single = app.peak_rss_mb()
+            multi, walls = [], []
+            for _ in range(rounds):
+                latencies, wall = _concurrent(clients, [next(batches) for _ in clients])
+                multi += latencies
+                walls.append(wall)
+        rss_all = app.peak_rss_mb()
+    p50_1, p50_4, p95_4 = statistics.median(single), statistics.median(multi), _pct(multi, 0.95)
+    thr_1, thr_4 = n / p50_1, 4 * n / statistics.median(walls)
+    peak = rss_single["app"] or 0.0
+    cold_in_process = bench.shared.get("batch", {}).get("cold_s")
+    figures = [
+        Figure(f"1 client, {n} images: p50 latency", "s", p50_1, cold_in_process, "in-process predict_batch (fig. 1)",
+               note=f"p95 {_pct(single, 0.95):.2f} s over {len(single)} requests; includes upload, store records, thumbnails"),
+        Figure(f"4 concurrent clients, {n} images each: p50 latency", "s", p50_4, p50_1, "1 client",
+               note=f"{len(multi)} requests"),
+        Figure(f"4 concurrent clients: p95 latency", "s", p95_4, p50_1, "1 client p50"),
+        Figure("throughput", "images/s", thr_4, thr_1, "1 client", higher_is_better=True,
+               note="4 clients: 4 × batch ÷ median round wall time"),
+        Figure(f"peak RSS of the app process after {n}-image batches", "MB", peak, None,
+               target=f"≤ {RSS_TARGET_MB:.0f} MB (1.5 GB)", met=peak <= RSS_TARGET_MB,
+               distance=f"{peak / RSS_TARGET_MB:.0%} of the limit",
+               note=f"after the 4-client rounds: {rss_all['app']} MB; children: "
+                    f"{ {k: v for k, v in rss_all.items() if k != 'app'} or 'none'}"),
+    ]
+    return {"name": "app", "title": title,
+            "method": (f"`python app.py` with its own DATA_DIR (prepared backbone, head version {version.version} "
+                       f"active, embedded store); clients are `gradio_client.Client`s calling `/predict` with {n} "
+                       "JPEG files each; every request carries images the app has never seen (no cache hits). One "
+                       f"warm-up request, then {rounds} single-client requests, then {rounds} rounds of 4 clients at "
+                       "once. Latency is measured by the client, upload included. The app answered `/status` "
+                       f"{start_s:.1f} s after launch."),
+            "figures": figures,
+            "details": {"single_s": single, "concurrent_s": multi, "round_wall_s": walls, "rss_mb_single": rss_single,
+                        "rss_mb_all": rss_all, "app_start_s": start_s},
+            "other_processes_cores": watch.other_cores}
+
+
+def _baseline_start(version_path: Path) -> float:
+    """Seconds for a fresh Python process to import transformers and load the version with pipeline()."""
+    code = ("from transformers import pipeline; "
+            f"pipeline('image-classification', model={str(version_path)!r}, device='cpu')")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def run_cold_start(bench) -> dict:
+    """Figure 6: launch to the first answered ``/status``, with the backbone and a version already prepared."""
+    title = "Cold start"
+    if not APP.is_file():
+        return _unavailable("cold_start", title, "app.py is not in the repository yet")
+    settings, version = _prepared_app_dir(bench, "cold_start")
+
+    def start_once(_):
+        with AppProcess(settings, bench.run_dir / "cold-start.log") as app:
+            return app.wait_status()
+    starts: list[float] = []
+    timing: Timing = repeat(lambda _: starts.append(start_once(None)), bench.sizes.cold_starts, warmup=1)
+    timing.seconds = starts[1:]  # the app's own launch→/status time, without process teardown
+    base = repeat(lambda _: _baseline_start(version.path), bench.sizes.cold_starts, warmup=0)
+    median = timing.median
+    return {"name": "cold_start", "title": title,
+            "method": ("`python app.py` launched as a new process with a DATA_DIR whose backbone is prepared and whose "
+                       f"head version ({version.version}) is active; timed until `gradio_client` gets an answer from "
+                       f"`/status` (polled every 50 ms). One untimed launch first (file cache warm), then "
+                       f"{bench.sizes.cold_starts} timed. Baseline: a fresh Python process that imports transformers and "
+                       "loads the same version with `pipeline()` (no server)."),
+            "figures": [Figure("launch → /status answered", "s", median, base.median, "python -c pipeline(version)",
+                               target=f"≤ {COLD_START_TARGET_S:g} s", met=median <= COLD_START_TARGET_S,
+                               distance=(f"{COLD_START_TARGET_S - median:.1f} s to spare" if median <= COLD_START_TARGET_S
+                                         else f"{median - COLD_START_TARGET_S:.1f} s over"))],
+            "details": {"app_s": starts, "baseline": base.to_dict()},
+            "other_processes_cores": timing.other_cores}
