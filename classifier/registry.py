@@ -146,9 +146,9 @@ class LocalRegistry:
             record = dict(info, version=version, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           weights_sha256=file_digest(staged / "model.safetensors", 64))
             write_json_atomic(staged / "version.json", record)
-            _fsync_dir(staged)
+            fsync_dir(staged)
             os.rename(staged, self.root / version)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         return version
 
     def verify(self, version: str) -> VersionInfo:
@@ -180,7 +180,8 @@ class LocalRegistry:
         return self.get(version)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -32,6 +32,7 @@ from huggingface_hub import CommitOperationAdd, CommitScheduler, HfApi
 from PIL import Image
 
 from classifier.hub import check_repo_id, hub_errors
+from classifier.registry import fsync_dir
 from settings import PlatformError
 
 logger = logging.getLogger(__name__)
@@ -82,14 +83,6 @@ def _image_extension(data: bytes) -> str:
     return IMAGE_EXTENSIONS.get(fmt, fmt.lower() or "img")
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durably(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +92,7 @@ def _write_durably(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _read_rows(files: list[Path]) -> list[dict]:
@@ -218,7 +211,7 @@ class LabelJournal:
             handle.flush()
             os.fsync(handle.fileno())
         if is_new:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def pending(self) -> int:
         """Label rows written locally but not yet pushed to the Hub."""
