@@ -18,21 +18,12 @@ from classifier.images import list_image_files
 from engine import Engine
 from settings import PlatformError, Settings, get_settings
 from ui import auth, plots, views
+from ui.api import register_api
+from ui.errors import user_errors
 
 log = logging.getLogger("app")
 API_RESULT_KEYS = ("file", "sha256", "label", "confidence", "top_k", "model_version")
 MODES = ["head", "finetune", "scratch"]
-
-
-def user_errors(fn):
-    """Turn PlatformError into gr.Error, so the user sees the message and never a traceback."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except PlatformError as exc:
-            raise gr.Error(str(exc)) from None
-    return wrapper
 
 
 def _hub_state(push: dict | None) -> str:
@@ -371,51 +362,8 @@ def build_app(engine: Engine) -> gr.Blocks:
                             [details_md, details_conf, details_f1, details_loss], api_visibility="private")
         demo.load(h.status_text, None, status, api_visibility="private")
 
-        _register_api(engine, h, api_btn, api_files, api_out)
+        register_api(engine, h, api_btn, api_files, api_out)
     return demo
-
-
-def _register_api(engine: Engine, h: Handlers, api_btn, api_files, api_out) -> None:
-    """The public endpoints for gradio_client: /predict /save_labels /retrain /models /activate /status."""
-    api_btn.click(user_errors(h.api_predict), api_files, api_out, api_name="predict",
-                  concurrency_id="predict", concurrency_limit=2)
-
-    @user_errors
-    def save_labels(labels: list[dict], request: gr.Request) -> dict:
-        """Save human labels: a list of {"sha256": ..., "label": ...} → {saved, new_classes, rejected}
-        (each rejected item with its reason; the others are saved)."""
-        result = engine.save_labels(labels, user=h.writer(None, request))
-        return {"saved": result["saved"], "new_classes": result["new_classes"], "rejected": result["rejected"]}
-
-    @user_errors
-    def retrain(mode: str = "head", lr: float | None = None, batch_size: int | None = None, epochs: int | None = None,
-                val_fraction: float = 0.2, unfreeze_blocks: int = 4, filters: int = 32, filter_size: int = 3,
-                depth: int = 3, request: gr.Request = None) -> dict:
-        """Train on DATASET + every human label, register and activate the new version → {version, metrics}."""
-        user = h.writer(None, request)
-        params = {"mode": mode, "lr": lr, "batch_size": batch_size, "epochs": epochs, "val_fraction": val_fraction,
-                  "unfreeze_blocks": unfreeze_blocks, "filters": filters, "filter_size": filter_size, "depth": depth}
-        return engine.retrain({k: v for k, v in params.items() if v is not None}, user=user)
-
-    def models() -> list[dict]:
-        """Every version with its metrics: [{version, active, created, metrics}]."""
-        return engine.models()
-
-    @user_errors
-    def activate(version: str, request: gr.Request) -> dict:
-        """Make a version (e.g. "v1") the active one → {active}."""
-        h.writer(None, request)
-        return engine.activate(version)
-
-    def status() -> dict:
-        """Active version, classes, labelled-image count, whether training is running."""
-        return engine.status()
-
-    gr.api(save_labels, api_name="save_labels")
-    gr.api(retrain, api_name="retrain", concurrency_id="train", concurrency_limit=1)
-    gr.api(models, api_name="models")
-    gr.api(activate, api_name="activate")
-    gr.api(status, api_name="status", concurrency_limit=None)
 
 
 def main(argv: list[str] | None = None) -> None:

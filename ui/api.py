@@ -1,0 +1,51 @@
+"""The public endpoints for ``gradio_client``, each with an explicit ``api_name``:
+``/predict`` ``/save_labels`` ``/retrain`` ``/models`` ``/activate`` ``/status``. Writes check the caller."""
+from __future__ import annotations
+
+import gradio as gr
+
+from engine import Engine
+from ui.errors import user_errors
+
+
+def register_api(engine: Engine, h, api_btn, api_files, api_out) -> None:
+    """The public endpoints for gradio_client: /predict /save_labels /retrain /models /activate /status."""
+    api_btn.click(user_errors(h.api_predict), api_files, api_out, api_name="predict",
+                  concurrency_id="predict", concurrency_limit=2)
+
+    @user_errors
+    def save_labels(labels: list[dict], request: gr.Request) -> dict:
+        """Save human labels: a list of {"sha256": ..., "label": ...} → {saved, new_classes, rejected}
+        (each rejected item with its reason; the others are saved)."""
+        result = engine.save_labels(labels, user=h.writer(None, request))
+        return {"saved": result["saved"], "new_classes": result["new_classes"], "rejected": result["rejected"]}
+
+    @user_errors
+    def retrain(mode: str = "head", lr: float | None = None, batch_size: int | None = None, epochs: int | None = None,
+                val_fraction: float = 0.2, unfreeze_blocks: int = 4, filters: int = 32, filter_size: int = 3,
+                depth: int = 3, request: gr.Request = None) -> dict:
+        """Train on DATASET + every human label, register and activate the new version → {version, metrics}."""
+        user = h.writer(None, request)
+        params = {"mode": mode, "lr": lr, "batch_size": batch_size, "epochs": epochs, "val_fraction": val_fraction,
+                  "unfreeze_blocks": unfreeze_blocks, "filters": filters, "filter_size": filter_size, "depth": depth}
+        return engine.retrain({k: v for k, v in params.items() if v is not None}, user=user)
+
+    def models() -> list[dict]:
+        """Every version with its metrics: [{version, active, created, metrics}]."""
+        return engine.models()
+
+    @user_errors
+    def activate(version: str, request: gr.Request) -> dict:
+        """Make a version (e.g. "v1") the active one → {active}."""
+        h.writer(None, request)
+        return engine.activate(version)
+
+    def status() -> dict:
+        """Active version, classes, labelled-image count, whether training is running."""
+        return engine.status()
+
+    gr.api(save_labels, api_name="save_labels")
+    gr.api(retrain, api_name="retrain", concurrency_id="train", concurrency_limit=1)
+    gr.api(models, api_name="models")
+    gr.api(activate, api_name="activate")
+    gr.api(status, api_name="status", concurrency_limit=None)
