@@ -12,8 +12,8 @@ Sections (run order; --only takes these names):
   retrain     2. head retrain with cached embeddings + 128 corrections vs one scratch epoch
   app         5. the launched app under 1 and 4 concurrent clients (gradio_client)
   cold_start  6. `python app.py` until /status answers
-  levers      resolution, threads, batch size, decode threads, channels_last, JPEG draft
-              (not part of --quick unless named with --only)
+  levers      resolution, threads, batch size, decode threads, channels_last, batch-norm folding,
+              JPEG draft (only with --levers or --only levers)
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 ORDER = ("inference", "embedding", "accuracy", "retrain", "app", "cold_start", "levers")
-QUICK_SKIPS = ("levers",)
-"""Left out of --quick unless named with --only (they would not fit its two minutes)."""
+OPTIONAL = ("levers",)
+"""Not run by default (they would not fit the default run's ten minutes): add --levers, or name with --only."""
 REPORT_ORDER = ("inference", "retrain", "embedding", "accuracy", "app", "cold_start", "levers")
 BENCH_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="where to write RESULTS.md and results.json (default: bench/ for a full run, "
                              "bench/_work/<quick|partial>/ otherwise, so a smoke run never overwrites the full results)")
+    parser.add_argument("--levers", action="store_true",
+                        help="also measure the levers (resolution, threads, batch size, batch-norm folding, …; +3 min)")
     parser.add_argument("--keep-work", action="store_true",
                         help="keep this run's data directories under bench/_work/runs/ (for inspection)")
     return parser
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.report import write_results
     from bench.workspace import FULL, QUICK, Bench
 
-    default = [n for n in ORDER if n not in QUICK_SKIPS] if args.quick else ORDER
+    default = [n for n in ORDER if n not in OPTIONAL or args.levers]
     names = [n for n in ORDER if n in (args.only or default)]
     out = args.out or (BENCH_DIR if not (args.quick or args.only) else
                        BENCH_DIR / "_work" / ("quick" if args.quick else "partial"))
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     results = {"run": {"command": command, "mode": "quick" if args.quick else "full", "sizes": vars(bench.sizes),
                        "total_seconds": round(total, 1), "other_processes_cores": watch.other_cores,
+                       "preparation_seconds": round(bench.preparation_s, 1),
                        "data": slices.source, "sections_run": names},
                "machine": machine, "sections": [sections[n] for n in REPORT_ORDER if n in sections]}
     json_path, md_path = write_results(results, out)

@@ -55,17 +55,6 @@ def _threads(fn, n: int):
     return call
 
 
-def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy with every conv→BatchNorm pair folded into one convolution (inference only)."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-    folded = copy.deepcopy(model).eval()
-    for module in folded.modules():
-        conv, norm = getattr(module, "convolution", None), getattr(module, "normalization", None)
-        if isinstance(conv, torch.nn.Conv2d) and isinstance(norm, torch.nn.BatchNorm2d):
-            module.convolution, module.normalization = fuse_conv_bn_eval(conv, norm), None
-    return folded
-
-
 class _Pooled(torch.nn.Module):
     """Backbone → pooled features as one tensor-in, tensor-out module (what tracing and compiling need)."""
 
@@ -98,10 +87,15 @@ def _compiled(base, example, cache_dir):
     return module
 
 
-def _forward_levers(fm, batch: torch.Tensor, reps: int, cache_dir) -> tuple[list[list], dict]:
-    """channels_last, BatchNorm folding, TorchScript, torch.compile and bfloat16 on the backbone forward alone."""
+DEFAULT = "fp32, channels_last, BatchNorm folded (default)"
+
+
+def _forward_levers(fm, batch: torch.Tensor, reps: int, cache_dir, size: int) -> tuple[list[list], dict]:
+    """channels_last, BatchNorm folding, TorchScript, torch.compile and bfloat16 on the backbone forward alone,
+    in batches of ``size`` (the Embedder's).
+
+    The default is what :class:`FeatureModel` runs: BatchNorm folded into the convolutions, channels_last."""
     import time
-    size = 32
     first = batch[:size].contiguous(memory_format=torch.channels_last)
     prep = {}
     start = time.perf_counter()
@@ -114,8 +108,9 @@ def _forward_levers(fm, batch: torch.Tensor, reps: int, cache_dir) -> tuple[list
     except Exception as exc:  # no C++ compiler, or an inductor failure: report, do not stop the section
         compiled = None
         log.warning("torch.compile lever skipped: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    # The product's FeatureModel already folds batch norm (fm.base); the unfolded model is the variant.
     plain = copy.deepcopy(fm.base).to(memory_format=torch.contiguous_format)
-    folded = _Pooled(fold_batchnorm(fm.base).to(memory_format=torch.channels_last))
+    unfolded = _Pooled(copy.deepcopy(fm.model.base_model).eval().to(memory_format=torch.channels_last))
     default = _Pooled(fm.base)
 
     def run(model, channels_last=True, bf16=False):
@@ -128,12 +123,13 @@ def _forward_levers(fm, batch: torch.Tensor, reps: int, cache_dir) -> tuple[list
                     outs.append(model(x).float())
             return torch.cat(outs)
         return call
-    variants = {"fp32, channels_last (default)": run(default), "fp32, contiguous (NCHW)": run(_Pooled(plain), False),
-                "BatchNorm folded into conv": run(folded), "TorchScript freeze + optimize_for_inference": run(scripted),
+    variants = {DEFAULT: run(default), "fp32, contiguous (NCHW), BatchNorm folded": run(_Pooled(plain), False),
+                "BatchNorm not folded (the model as saved)": run(unfolded),
+                "TorchScript freeze + optimize_for_inference": run(scripted),
                 "bfloat16 autocast": run(default, bf16=True)}
     if compiled is not None:
         variants["torch.compile (inductor, freezing)"] = run(compiled)
-    reference = variants["fp32, channels_last (default)"]()
+    reference = variants[DEFAULT]()
     quality = {}
     for name, fn in variants.items():
         feats = fn()
@@ -143,7 +139,7 @@ def _forward_levers(fm, batch: torch.Tensor, reps: int, cache_dir) -> tuple[list
         quality[name] = f"min cosine to default {cos:.4f}; same top-1 {same:.1%}{extra}"
     timings = interleaved(variants, reps, warmups={})  # the quality pass above was the warm-up
     rows = [["backbone forward", name, fmt(t.median, "s"), f"{len(batch) / t.median:.1f}",
-             f"{timings['fp32, channels_last (default)'].median / t.median:.2f}×", quality[name]]
+             f"{timings[DEFAULT].median / t.median:.2f}×", quality[name]]
             for name, t in timings.items()]
     return rows, {"timings": {k: v.to_dict() for k, v in timings.items()}, "preparation_s": prep}
 
@@ -188,24 +184,25 @@ def run(bench) -> dict:
     rows, details = [], {}
 
     log.info("levers: threads, decode threads, batch size (end to end, %d images, %d reps)", n, reps)
-    t = interleaved({"2 threads": _e2e(default, files), "1 thread": _threads(_e2e(default, files), 1)}, reps,
-                    warmups={"2": _e2e(default, few), "1": _threads(_e2e(default, few), 1)})
-    rows += _row("torch threads, end to end", t, "2 threads", n)
+    threads = torch.get_num_threads()
+    t = interleaved({f"{threads} threads": _e2e(default, files), "1 thread": _threads(_e2e(default, files), 1)}, reps,
+                    warmups={"n": _e2e(default, few), "1": _threads(_e2e(default, few), 1)})
+    rows += _row("torch threads, end to end", t, f"{torch.get_num_threads()} threads", n)
     details["threads"] = {k: v.to_dict() for k, v in t.items()}
     preds = _predictors(version, settings, **{f"{k} decode threads": {"decode_threads": k} for k in (1, 2, 4)})
     t = interleaved({k: _e2e(p, files) for k, p in preds.items()}, reps, warmups={k: _e2e(p, few) for k, p in preds.items()})
-    rows += _row("decode threads, end to end", t, "2 decode threads", n)
+    rows += _row("decode threads, end to end", t, f"{default.embedder.decode_threads} decode threads", n)
     details["decode_threads"] = {k: v.to_dict() for k, v in t.items()}
-    preds = _predictors(version, settings, **{f"batch {k}": {"batch_size": k} for k in (16, 32, 64, 128)})
+    preds = _predictors(version, settings, **{f"batch {k}": {"batch_size": k} for k in (1, 8, 16, 32, 64)})
     t = interleaved({k: _e2e(p, files) for k, p in preds.items()}, reps, warmups={k: _e2e(p, files[:p.embedder.batch_size]) for k, p in preds.items()})
-    rows += _row("Embedder batch size, end to end", t, "batch 32", n)
+    rows += _row("Embedder batch size, end to end", t, f"batch {default.embedder.batch_size}", n)
     details["batch_size"] = {k: v.to_dict() for k, v in t.items()}
 
     log.info("levers: forward-only variants and JPEG draft")
     arrays = [to_array(decode(read_input(f), settings.max_image_pixels, fm.resolution), fm.resolution, fm.mean, fm.std)
               for f in files]
     forward_rows, details["forward"] = _forward_levers(fm, torch.from_numpy(np.stack(arrays)), reps,
-                                                       bench.work / "inductor")
+                                                       bench.work / "inductor", default.embedder.batch_size)
     rows += forward_rows
     rows += _draft_rows(files, fm.resolution, reps)
 
@@ -245,6 +242,7 @@ def _head_fit_threads(bench, train, reps: int):
     def fit():
         train_linear_head(x, y, len(labels), lr=3e-3, batch_size=256, epochs=60, weight_decay=1e-4,
                           label_smoothing=0.0, seed=0)
-    t = interleaved({"2 threads": fit, "1 thread": _threads(fit, 1)}, reps)
-    return _row(f"torch threads, head fit ({len(train)} vectors, 60 epochs)", t, "2 threads", len(train)), \
+    threads = torch.get_num_threads()
+    t = interleaved({f"{threads} threads": fit, "1 thread": _threads(fit, 1)}, reps)
+    return _row(f"torch threads, head fit ({len(train)} vectors, 60 epochs)", t, f"{threads} threads", len(train)), \
         {k: v.to_dict() for k, v in t.items()}

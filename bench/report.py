@@ -104,7 +104,9 @@ def render_markdown(results: dict) -> str:
     run, sections = results["run"], results["sections"]
     lines = ["# Benchmark results", "",
              f"`{run['command']}` — {run['mode']} run, {run['total_seconds']:.0f} s in all "
-             f"({run['total_seconds'] / 60:.1f} min). Data: {run.get('data', '—')}. "
+             f"({run['total_seconds'] / 60:.1f} min), of which {run.get('preparation_seconds', 0):.0f} s untimed "
+             "preparation that later runs reuse (writing the JPEGs, computing the stored features under "
+             f"`bench/_work/`). Data: {run.get('data', '—')}. "
              "Every figure is a median of the repetitions listed in `results.json`, taken after a warm-up, "
              "with its baseline measured in the same run (interleaved where both are short).", "",
              "## Machine", ""] + _machine_lines(results["machine"], run) + ["", "## Targets", ""] + \

@@ -39,20 +39,23 @@ class Sizes:
     reps: int = 5
     baseline_reps: int = 3
     retrain_reps: int = 3
-    load_rounds: int = 3
+    load_batch: int = 128
+    load_single: int = 3
+    load_rounds: int = 2
     cold_starts: int = 3
     lever_train: int = 2_000
     lever_test: int = 2_000
 
     @property
     def load_pool(self) -> int:
-        """Distinct images the load test sends: a warm-up request plus every round at 1 and 4 clients."""
-        return self.batch * (1 + self.load_rounds * 5)
+        """Distinct images the load test sends: a warm-up request, the single-client requests, 4 per round."""
+        return self.load_batch * (1 + self.load_single + 4 * self.load_rounds)
 
 
 FULL = Sizes()
-QUICK = Sizes(retrain_base=1_000, accuracy_train=500, test=1_000, test_trained=300, version_train=200, reps=3,
-              baseline_reps=1, retrain_reps=2, load_rounds=1, cold_starts=1, lever_train=500, lever_test=500)
+QUICK = Sizes(retrain_base=500, accuracy_train=500, test=500, test_trained=200, version_train=100, reps=3,
+              baseline_reps=1, retrain_reps=2, load_batch=32, load_single=1, load_rounds=1, cold_starts=1,
+              lever_train=500, lever_test=500)
 
 
 @dataclass
@@ -82,6 +85,8 @@ class Bench:
     work: Path = WORK_DIR
     run_dir: Path = field(init=False)
     shared: dict = field(default_factory=dict)
+    preparation_s: float = 0.0
+    """Untimed set-up spent in this run that later runs reuse: writing data, computing stored features."""
     """Figures one section measured that another uses as its baseline (same run)."""
     _slices: Slices | None = field(default=None, init=False)
 
@@ -116,6 +121,7 @@ class Bench:
         if self._slices is None:
             started = time.perf_counter()
             self._slices = self._folder_slices() if self.data_arg else self._fmnist_slices()
+            self.preparation_s += time.perf_counter() - started
             log.info("data ready in %.1f s (%s)", time.perf_counter() - started, self._slices.source)
         return self._slices
 
@@ -179,8 +185,20 @@ class Bench:
         if missing:
             log.info("preparing %d features at %d px into bench/_work/features (not timed, kept for later runs)",
                      missing, fm.resolution)
+        started = time.perf_counter()
         feats, _ = embed_samples(Embedder(fm, store, 1 << 30), samples)
+        if missing:
+            self.preparation_s += time.perf_counter() - started
         return feats
+
+    def keep_features(self, feats: dict, resolution: int | None = None) -> None:
+        """Add features computed by a timed pass to the prepared store (after its timing), for later sections."""
+        from classifier.embeddings import EmbeddingCache
+        import numpy as np
+        if feats:
+            store = EmbeddingCache(self.work / "features", self.feature_model(resolution).cache_key)
+            shas = sorted(feats)
+            store.put_many(shas, np.stack([feats[s] for s in shas]))
 
     def seed_cache(self, embeddings_root: Path, samples, resolution: int | None = None) -> int:
         """Put the samples' prepared features into an embedding-cache root (a section's
