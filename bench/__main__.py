@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -91,6 +92,8 @@ def _run_section(name: str, fn, bench) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # A terminated run still unwinds: the app server it launched is stopped and its work folder removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     warnings.filterwarnings("ignore", message=".*pin_memory.*")  # Trainer on a CPU-only machine
