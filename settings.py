@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Mapping
 
 
+GLIBC_MALLOC_VARS = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                     "MALLOC_TOP_PAD_")
+"""glibc's own allocator settings: when any is set, the platform leaves the allocator alone."""
+
+
 class PlatformError(Exception):
     """An error whose message a user can act on (bad input, bad state, outage).
 
@@ -48,6 +53,9 @@ class Settings:
     """Server-side folders the UI may sample images from."""
     oauth_allowed: tuple[str, ...] = ()
     """On a Space: Hugging Face user or organisation names allowed to write."""
+    tune_malloc: bool = True
+    """Let :mod:`classifier.memory` keep freed memory for reuse (``TUNE_MALLOC=0`` turns it off; so does
+    setting glibc's own ``MALLOC_*`` variables or ``GLIBC_TUNABLES``, which are then left to rule)."""
 
     @property
     def models_dir(self) -> Path:
@@ -126,6 +134,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         space_id=_opt(env, "SPACE_ID"),
         sample_roots=roots,
         oauth_allowed=tuple(x.strip() for x in (env.get("HF_ALLOWED_USERS") or "").split(",") if x.strip()),
+        tune_malloc=(env.get("TUNE_MALLOC", "1").strip().lower() not in ("0", "false", "no", "off")
+                     and not any(k in env for k in GLIBC_MALLOC_VARS)
+                     and "malloc" not in env.get("GLIBC_TUNABLES", "")),
     )
 
 
