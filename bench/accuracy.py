@@ -88,8 +88,11 @@ def run(bench) -> dict:
     acc = {"head": test_accuracy(version["head"], test, eval_root, settings.max_image_pixels),
            "head_small": test_accuracy(version["head"], test_small, eval_root, settings.max_image_pixels)}
     log.info("figure 4: evaluating finetune on %d and scratch on %d test images", len(test_small), len(test))
-    acc["finetune"] = test_accuracy(version["finetune"], test_small, bench.fresh_dir("eval"), settings.max_image_pixels)
-    acc["scratch"] = test_accuracy(version["scratch"], test, bench.fresh_dir("eval"), settings.max_image_pixels)
+    eval_s = {}
+    for mode, samples in (("finetune", test_small), ("scratch", test)):
+        start = time.perf_counter()
+        acc[mode] = test_accuracy(version[mode], samples, bench.fresh_dir("eval"), settings.max_image_pixels)
+        eval_s[mode] = round(time.perf_counter() - start, 1)
     total = {"head": budget, "finetune": emb["seconds"] + runs["finetune"][1], "scratch": runs["scratch"][1]}
     n_test, n_small = len(test), len(test_small)
     rows = [["head", "— (runs to its 60 epochs)", f"{head_s:.1f} + {emb['seconds']:.1f} embedding = {budget:.1f}",
@@ -115,7 +118,7 @@ def run(bench) -> dict:
                "finetune", higher_is_better=True, note=f"both on the same {n_small} test images"),
         Figure(f"best mode's test accuracy ({best_mode}, {total[best_mode]:.0f} s)", "accuracy", best, None,
                target=f"≥ {BEST_TARGET} within {BEST_WITHIN_S // 60} min",
-               met=best >= BEST_TARGET and total[best_mode] <= BEST_WITHIN_S,
+               met=None if bench.quick else best >= BEST_TARGET and total[best_mode] <= BEST_WITHIN_S,
                distance=f"{best - BEST_TARGET:+.4f}",
                note=f"this run trains each mode for about {budget:.0f} s, not the 20 minutes the target allows"),
     ]
@@ -136,5 +139,6 @@ def run(bench) -> dict:
                        {"title": "Public reference points on Fashion-MNIST (not measured here)",
                         "columns": ["model", "test accuracy"], "rows": [[n, f"{a:.3f}"] for n, a in REFERENCES]}],
             "details": {"budget_s": budget, "embedding": emb, "test_accuracy": acc, "wall_time_s": total,
+                        "test_evaluation_s": eval_s,
                         "metrics": {m: r for m, (r, _) in runs.items()}, "test_images": n_test,
                         "test_images_small": n_small}}

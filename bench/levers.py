@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from PIL import Image
 
 from bench.accuracy import head_accuracy
 from bench.data import image_files
-from bench.measure import interleaved
+from bench.measure import BusyCore, interleaved
 from bench.report import fmt
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,10 @@ def run(bench) -> dict:
                     warmups={"n": _e2e(default, few), "1": _threads(_e2e(default, few), 1)})
     rows += _row("torch threads, end to end", t, f"{torch.get_num_threads()} threads", n)
     details["threads"] = {k: v.to_dict() for k, v in t.items()}
+    alloc_rows, details["allocator"] = _allocator_rows(version, files, reps)
+    rows += alloc_rows
+    busy_rows, details["threads_one_core_busy"] = _threads_under_load(default, files, reps)
+    rows += busy_rows
     preds = _predictors(version, settings, **{f"{k} decode threads": {"decode_threads": k} for k in (1, 2, 4)})
     t = interleaved({k: _e2e(p, files) for k, p in preds.items()}, reps, warmups={k: _e2e(p, few) for k, p in preds.items()})
     rows += _row("decode threads, end to end", t, f"{default.embedder.decode_threads} decode threads", n)
@@ -224,15 +229,62 @@ def run(bench) -> dict:
     return {"name": "levers", "title": "Levers",
             "method": (f"Each lever's variants timed round-robin, median of {reps} after a warm-up, on the figure-1 "
                        f"batch of {n} images with the embedding cache disabled; 'vs default' is default time ÷ variant "
-                       "time (>1 = the variant is faster). Resolution accuracy: a head trained at that resolution on "
+                       "time (>1 = the variant is faster). The allocator rows run in fresh processes (allocator "
+                       "state depends on a process's history); the others in this process, after the sections "
+                       "before them. Resolution accuracy: a head trained at that resolution on "
                        f"{len(train)} Fashion-MNIST training images, tested on {len(test)} test images."),
             "tables": [{"title": "Levers", "columns": ["lever", "setting", "time", "images/s", "vs default", "effect"],
                         "rows": rows}],
             "details": details}
 
 
+_ALLOCATOR_PROBE = """
+import json, sys, time
+from classifier.predict import Predictor
+path, version, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+files = sys.argv[4:]
+predictor = Predictor.load(path, version, None, 1 << 30)
+predictor.predict_batch(files)
+times = []
+for _ in range(reps):
+    start = time.perf_counter()
+    predictor.predict_batch(files)
+    times.append(time.perf_counter() - start)
+hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))
+print(json.dumps({"times": times, "vm_hwm_mb": round(hwm / 1024, 1)}))
+"""
+
+
+def _allocator_rows(version, files, reps: int) -> tuple[list[list], dict]:
+    """The allocator setting of classifier/memory.py against glibc as shipped (``TUNE_MALLOC=0``, every
+    large tensor mmap'd and page-faulted afresh), each in a fresh process (allocator state depends on a
+    process's history)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from bench.measure import Timing
+    repo = Path(__file__).resolve().parent.parent
+    out = {}
+    for name, extra in (("freed memory kept for reuse (default, fresh process)", {}),
+                        ("glibc as shipped: TUNE_MALLOC=0 (fresh process)", {"TUNE_MALLOC": "0"})):
+        env = dict(os.environ, PYTHONPATH=str(repo), **extra)
+        done = subprocess.run([sys.executable, "-c", _ALLOCATOR_PROBE, str(version.path), version.version,
+                               str(max(3, reps))] + [str(f) for f in files],
+                              env=env, capture_output=True, text=True, check=True)
+        out[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    base = sorted(next(iter(out.values()))["times"])
+    rows = []
+    for name, result in out.items():
+        t = Timing(result["times"])
+        rows.append(["memory allocator, end to end", name, fmt(t.median, "s"), f"{len(files) / t.median:.1f}",
+                     f"{Timing(base).median / t.median:.2f}×", f"peak RSS of the process {result['vm_hwm_mb']} MB"])
+    return rows, out
+
+
 def _head_fit_threads(bench, train, reps: int):
-    """Head fitting (60 epochs of softmax regression on cached features) at 1 and 2 torch threads."""
+    """Head fitting (60 epochs of softmax regression on cached features) at 1 and all torch threads, on an idle
+    machine and with another process keeping one core busy."""
     from training.head import train_linear_head
     feats = bench.prepared_features(train)
     labels = sorted({s.label for s in train})
@@ -243,6 +295,21 @@ def _head_fit_threads(bench, train, reps: int):
         train_linear_head(x, y, len(labels), lr=3e-3, batch_size=256, epochs=60, weight_decay=1e-4,
                           label_smoothing=0.0, seed=0)
     threads = torch.get_num_threads()
-    t = interleaved({f"{threads} threads": fit, "1 thread": _threads(fit, 1)}, reps)
-    return _row(f"torch threads, head fit ({len(train)} vectors, 60 epochs)", t, f"{threads} threads", len(train)), \
+    variants = {f"{threads} threads": fit, "1 thread": _threads(fit, 1)}
+    idle = interleaved(variants, reps)
+    with BusyCore():
+        busy = interleaved(variants, reps, warmups={})
+    lever = f"torch threads, head fit ({len(train)} vectors, 60 epochs)"
+    rows = _row(lever, idle, f"{threads} threads", len(train)) + \
+        _row(lever + ", one core busy with another process", busy, f"{threads} threads", len(train))
+    return rows, {"idle": {k: v.to_dict() for k, v in idle.items()}, "one_core_busy": {k: v.to_dict() for k, v in busy.items()}}
+
+
+def _threads_under_load(default, files, reps: int):
+    """End-to-end batch at 1 and all torch threads while another process keeps one core busy."""
+    threads = torch.get_num_threads()
+    with BusyCore():
+        t = interleaved({f"{threads} threads": _e2e(default, files), "1 thread": _threads(_e2e(default, files), 1)},
+                        reps, warmups={})
+    return _row("torch threads, end to end, one core busy with another process", t, f"{threads} threads", len(files)), \
         {k: v.to_dict() for k, v in t.items()}

@@ -188,3 +188,20 @@ def interleaved(fns: dict[str, Callable[[], object]], reps: int,
     for t in timings.values():
         t.other_cores = watch.other_cores
     return timings
+
+
+class BusyCore:
+    """Another process spinning on one core while the block runs, as a shared or busy host would have.
+
+    Started and stopped by this object only (its own child, by pid)."""
+
+    def __enter__(self) -> "BusyCore":
+        import subprocess
+        import sys
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        time.sleep(0.2)  # let it get scheduled before the timing starts
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.kill()
+        self.proc.wait()

@@ -77,7 +77,8 @@ def _table(columns: list[str], rows: list[list]) -> list[str]:
 def _figures_table(figures: list[Figure]) -> list[str]:
     rows = [[f.name, f"{fmt(f.baseline, f.unit)}" + (f" ({f.baseline_name})" if f.baseline_name else ""),
              fmt(f.ours, f.unit), _ratio_text(f), f.target or "—",
-             _met_text(f.met) + (f" — {f.distance}" if f.distance else ""), f.note]
+             (f.distance or "—") if f.met is None else _met_text(f.met) + (f" — {f.distance}" if f.distance else ""),
+             f.note]
             for f in figures]
     return _table(["figure", "baseline", "ours", "ours vs baseline", "target", "met?", "note"], rows)
 
@@ -146,5 +147,6 @@ def write_results(results: dict, out_dir: Path) -> tuple[Path, Path]:
         fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; these are ordinary, shareable files
         os.replace(tmp, path)
     return paths

@@ -60,9 +60,10 @@ def run(bench) -> dict:
     figures = [
         Figure(f"retrain: {len(base)} cached + {len(corrections)} corrections → new version active", "s",
                timing.median, scratch.median, "scratch, 1 epoch", target=f"≤ {TARGET_S:g} s",
-               met=timing.median <= TARGET_S,
+               met=None if bench.quick else timing.median <= TARGET_S,
                distance=(f"{TARGET_S - timing.median:.2f} s to spare" if timing.median <= TARGET_S
-                         else f"{timing.median - TARGET_S:.2f} s over ({timing.median / TARGET_S:.2f}×)"),
+                         else f"{timing.median - TARGET_S:.2f} s over ({timing.median / TARGET_S:.2f}×)")
+               + (" (the target is for 14,000 images; not judged on --quick's smaller set)" if bench.quick else ""),
                note=f"head: {head.epochs} epochs; validation accuracy {last['accuracy']}"),
     ]
     return {"name": "retrain", "title": "Retrain after corrections",

@@ -89,6 +89,7 @@ class Bench:
     """Untimed set-up spent in this run that later runs reuse: writing data, computing stored features."""
     """Figures one section measured that another uses as its baseline (same run)."""
     _slices: Slices | None = field(default=None, init=False)
+    _stores: dict = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.run_dir = self.work / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -175,13 +176,21 @@ class Bench:
         from training.run import _backbone
         return _backbone(str(self.backbone_dir()), resolution)
 
+    def _store(self, resolution: int | None = None):
+        """The prepared-feature store for the backbone at ``resolution``: one cache object per run, so the
+        (large) store is read from disk once, not once per use."""
+        from classifier.embeddings import EmbeddingCache
+        key = self.feature_model(resolution).cache_key
+        if key not in self._stores:
+            self._stores[key] = EmbeddingCache(self.work / "features", key)
+        return self._stores[key]
+
     def prepared_features(self, samples, resolution: int | None = None) -> dict:
         """Backbone features of ``samples`` by sha256, computed once into ``_work/features`` (never timed)."""
-        from classifier.embeddings import Embedder, EmbeddingCache
+        from classifier.embeddings import Embedder
         from training.run import embed_samples
-        fm = self.feature_model(resolution)
-        store = EmbeddingCache(self.work / "features", fm.cache_key)
-        missing = len(samples) - len(store.get_many([s.sha256 for s in samples]))
+        fm, store = self.feature_model(resolution), self._store(resolution)
+        missing = len({s.sha256 for s in samples}) - len(store.get_many([s.sha256 for s in samples]))
         if missing:
             log.info("preparing %d features at %d px into bench/_work/features (not timed, kept for later runs)",
                      missing, fm.resolution)
@@ -193,12 +202,10 @@ class Bench:
 
     def keep_features(self, feats: dict, resolution: int | None = None) -> None:
         """Add features computed by a timed pass to the prepared store (after its timing), for later sections."""
-        from classifier.embeddings import EmbeddingCache
         import numpy as np
         if feats:
-            store = EmbeddingCache(self.work / "features", self.feature_model(resolution).cache_key)
             shas = sorted(feats)
-            store.put_many(shas, np.stack([feats[s] for s in shas]))
+            self._store(resolution).put_many(shas, np.stack([feats[s] for s in shas]))
 
     def seed_cache(self, embeddings_root: Path, samples, resolution: int | None = None) -> int:
         """Put the samples' prepared features into an embedding-cache root (a section's
