@@ -47,7 +47,10 @@ def _build_bundled(dest: Path) -> None:
     from transformers import MobileNetV2Config, MobileNetV2ForImageClassification, MobileNetV2ImageProcessor
 
     state = torch.load(bundled_weights_file(), map_location="cpu", weights_only=True)
-    config = MobileNetV2Config(tf_padding=False, layer_norm_eps=1e-5, image_size=224, num_labels=2)
+    # classifier_dropout_prob: transformers' default for MobileNetV2 is 0.8 (a keep probability taken as a
+    # drop probability); 0.2 is what the architecture was trained with.
+    config = MobileNetV2Config(tf_padding=False, layer_norm_eps=1e-5, image_size=224, num_labels=2,
+                               classifier_dropout_prob=0.2)
     model = MobileNetV2ForImageClassification(config)
     target = model.mobilenet_v2.state_dict()
     if len(state) != len(target):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from classifier.registry import LocalRegistry
 from conftest import write_dataset
@@ -111,3 +112,15 @@ def test_one_class_or_one_image_is_a_clear_error_and_changes_nothing(registry_wi
                 train_version(samples, TrainConfig(mode=mode), settings, registry_with_v1)
             assert "at least two classes" in str(err.value) and found in str(err.value)
     assert _state(registry_with_v1) == before
+
+
+def test_finetune_caps_only_the_classifier_dropout():
+    from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
+    from training.trainer import cap_head_dropout
+    model = MobileNetV2ForImageClassification(MobileNetV2Config(depth_multiplier=0.35, num_labels=3,
+                                                                classifier_dropout_prob=0.8))
+    inner = torch.nn.Dropout(0.5)
+    model.mobilenet_v2.add_module("extra_dropout", inner)  # a backbone layer: not the classifier's
+    assert cap_head_dropout(model, 0.2) == [0.8]
+    assert model.dropout.p == 0.2 and model.config.classifier_dropout_prob == 0.2 and inner.p == 0.5
+    assert cap_head_dropout(model, 0.2) == []  # already capped

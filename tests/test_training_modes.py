@@ -163,3 +163,12 @@ def test_new_class_then_rollback(settings, tmp_path):
     assert {r["label"] for r in rolled_back} <= {"circles", "squares"}
     assert all({t["label"] for t in r["top_k"]} == {"circles", "squares"} for r in rolled_back)
     assert LiveModel(LocalRegistry(settings.models_dir), settings).require().version == "v1"  # survives a restart
+
+
+def test_finetune_keeps_its_warm_started_head(trained):
+    """The head fitted on cached features is finetune's starting point; a 0.8 classifier dropout (transformers'
+    MobileNetV2 default) or Adam's first full-size steps used to throw it away."""
+    settings, results = trained
+    config = json.loads((settings.models_dir / results["finetune"][0] / "config.json").read_text())
+    assert config["classifier_dropout_prob"] <= 0.2
+    assert results["finetune"][1]["metrics"]["accuracy"] >= 0.8

@@ -10,13 +10,13 @@ from settings import PlatformError
 
 MODES = ("head", "finetune", "scratch")
 # Defaults that differ by mode: (lr, batch_size, epochs).
-MODE_DEFAULTS = {"head": (3e-3, 256, 60), "finetune": (5e-4, 32, 3), "scratch": (2e-3, 64, 10)}
+MODE_DEFAULTS = {"head": (3e-3, 256, 60), "finetune": (1e-4, 32, 3), "scratch": (2e-3, 64, 10)}
 
 
 @dataclass
 class TrainConfig:
     mode: str = field(default="head", metadata={"help": "head (frozen backbone, fast), finetune or scratch"})
-    lr: float | None = field(default=None, metadata={"help": "learning rate (default: head 3e-3, finetune 5e-4, scratch 2e-3)"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate (default: head 3e-3, finetune 1e-4, scratch 2e-3)"})
     batch_size: int | None = field(default=None, metadata={"help": "images per step (default: head 256, finetune 32, scratch 64)"})
     epochs: int | None = field(default=None, metadata={"help": "passes over the training set (default: head 60, finetune 3, scratch 10)"})
     val_fraction: float = field(default=0.2, metadata={"help": "share of each class held out for validation metrics (0–0.5)"})

@@ -252,6 +252,7 @@ def _train_finetune(samples, config, settings, staged, report, should_stop):
     weight, bias, _ = _fit_head(feats, train, index, labels, config, None, should_stop)  # warm start
     model, _ = load_model_and_processor(backbone)
     model = _set_head(model, labels, weight, bias)
+    trainer.cap_head_dropout(model, trainer.HEAD_DROPOUT)
     trainable = trainer.freeze_all_but_last(model, config.unfreeze_blocks)
     log.info("finetune: %d trainable parameters", trainable)
     dataset = trainer.ImageDataset(train, [index[s.label] for s in train], fm.resolution, fm.mean, fm.std,

@@ -98,7 +98,10 @@ def fit(model, train_set: ImageDataset, config: TrainConfig, report=None, should
         args = TrainingArguments(
             output_dir=scratch_dir, per_device_train_batch_size=config.batch_size,
             num_train_epochs=config.epochs, learning_rate=config.lr, weight_decay=config.weight_decay,
-            label_smoothing_factor=config.label_smoothing, lr_scheduler_type="cosine", warmup_steps=0,
+            label_smoothing_factor=config.label_smoothing, lr_scheduler_type="cosine",
+            # finetune starts from pretrained weights and a fitted head: a linear warm-up over the first 10%
+            # of steps keeps Adam's first, full-size steps from wrecking them
+            warmup_steps=int(FINETUNE_WARMUP * steps_per_epoch * config.epochs) if config.mode == "finetune" else 0,
             logging_steps=max(1, min(10, steps_per_epoch // 2)), save_strategy="no", eval_strategy="no",
             report_to="none", disable_tqdm=True, seed=config.seed, dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
@@ -111,6 +114,29 @@ def fit(model, train_set: ImageDataset, config: TrainConfig, report=None, should
         trainer.train()
     model.eval()
     return callback.curve
+
+
+FINETUNE_WARMUP = 0.1
+"""Share of ``finetune``'s steps spent warming the learning rate up from 0."""
+HEAD_DROPOUT = 0.2
+"""Most dropout ``finetune`` keeps in front of the classifier. transformers' MobileNetV2 checkpoints carry
+``classifier_dropout_prob=0.8`` (TensorFlow's keep probability taken as a drop probability): with it, the
+warm-started head sees a fifth of its features while training and the loss starts near chance."""
+
+
+def cap_head_dropout(model, p: float) -> list[float]:
+    """Lower every dropout layer outside the backbone (the classifier's) to at most ``p``; returns the old rates."""
+    inside = {id(m) for m in model.base_model.modules()}
+    old = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and id(module) not in inside and module.p > p:
+            old.append(module.p)
+            module.p = p
+    if old and hasattr(model.config, "classifier_dropout_prob"):
+        model.config.classifier_dropout_prob = min(model.config.classifier_dropout_prob, p)
+    if old:
+        log.info("finetune: classifier dropout %s → %s", old, p)
+    return old
 
 
 def freeze_all_but_last(model, blocks: int) -> int:
