@@ -14,6 +14,8 @@ Sections (run order; --only takes these names):
   cold_start  6. `python app.py` until /status answers
   levers      resolution, threads, batch size, decode threads, channels_last, batch-norm folding,
               JPEG draft (only with --levers or --only levers)
+  best        4b. the best mode (finetune) with a 20-minute budget, on the whole test set
+              (only with --best or --only best: up to 20 minutes more)
 """
 from __future__ import annotations
 
@@ -32,10 +34,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-ORDER = ("inference", "embedding", "accuracy", "retrain", "app", "cold_start", "levers")
-OPTIONAL = ("levers",)
+ORDER = ("inference", "embedding", "accuracy", "retrain", "app", "cold_start", "levers", "best")
+OPTIONAL = ("levers", "best")
 """Not run by default (they would not fit the default run's ten minutes): add --levers, or name with --only."""
-REPORT_ORDER = ("inference", "retrain", "embedding", "accuracy", "app", "cold_start", "levers")
+REPORT_ORDER = ("inference", "retrain", "embedding", "accuracy", "best", "app", "cold_start", "levers")
 BENCH_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
 
@@ -62,16 +64,19 @@ def _parser() -> argparse.ArgumentParser:
                              "bench/_work/<quick|partial>/ otherwise, so a smoke run never overwrites the full results)")
     parser.add_argument("--levers", action="store_true",
                         help="also measure the levers (resolution, threads, batch size, batch-norm folding, …; +3 min)")
+    parser.add_argument("--best", action="store_true",
+                        help="also train the best mode (finetune) with the 20-minute budget the accuracy target "
+                             "allows and test it on the whole test set (+20 min)")
     parser.add_argument("--keep-work", action="store_true",
                         help="keep this run's data directories under bench/_work/runs/ (for inspection)")
     return parser
 
 
 def _modules():
-    from bench import accuracy, app_load, inference, levers, retrain
+    from bench import accuracy, app_load, best, inference, levers, retrain
     return {"inference": inference.run_batch, "embedding": inference.run_first_embedding, "accuracy": accuracy.run,
             "retrain": retrain.run, "app": app_load.run_load, "cold_start": app_load.run_cold_start,
-            "levers": levers.run}
+            "levers": levers.run, "best": best.run}
 
 
 def _run_section(name: str, fn, bench) -> dict:
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.report import write_results
     from bench.workspace import FULL, QUICK, Bench
 
-    default = [n for n in ORDER if n not in OPTIONAL or args.levers]
+    default = [n for n in ORDER if n not in OPTIONAL or getattr(args, n)]
     names = [n for n in ORDER if n in (args.only or default)]
     out = args.out or (BENCH_DIR if not (args.quick or args.only) else
                        BENCH_DIR / "_work" / ("quick" if args.quick else "partial"))

@@ -116,11 +116,10 @@ def run(bench) -> dict:
                distance=f"{acc['head'] - acc['scratch']:+.4f}", note=f"both on the same {n_test} test images"),
         Figure("test accuracy at equal wall time: head vs finetune", "accuracy", acc["head_small"], acc["finetune"],
                "finetune", higher_is_better=True, note=f"both on the same {n_small} test images"),
-        Figure(f"best mode's test accuracy ({best_mode}, {total[best_mode]:.0f} s)", "accuracy", best, None,
-               target=f"≥ {BEST_TARGET} within {BEST_WITHIN_S // 60} min",
-               met=None if bench.quick else best >= BEST_TARGET and total[best_mode] <= BEST_WITHIN_S,
-               distance=f"{best - BEST_TARGET:+.4f}",
-               note=f"this run trains each mode for about {budget:.0f} s, not the 20 minutes the target allows"),
+        Figure(f"best mode's test accuracy at this budget ({best_mode}, {total[best_mode]:.0f} s)", "accuracy", best,
+               None, distance=f"{best - BEST_TARGET:+.4f} from the {BEST_TARGET} target",
+               note=f"each mode trains for about {budget:.0f} s here; the target allows {BEST_WITHIN_S // 60} minutes "
+                    "and is judged by the 'best' section (`python -m bench --best`)"),
     ]
     return {"name": "accuracy", "title": "Accuracy at equal time (Fashion-MNIST test set)" if not bench.data_arg
             else "Accuracy at equal time",
