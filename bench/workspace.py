@@ -85,9 +85,9 @@ class Bench:
     work: Path = WORK_DIR
     run_dir: Path = field(init=False)
     shared: dict = field(default_factory=dict)
+    """Figures one section measured that another uses as its baseline (same run)."""
     preparation_s: float = 0.0
     """Untimed set-up spent in this run that later runs reuse: writing data, computing stored features."""
-    """Figures one section measured that another uses as its baseline (same run)."""
     _slices: Slices | None = field(default=None, init=False)
     _stores: dict = field(default_factory=dict, init=False)
 
