@@ -185,16 +185,21 @@ def where_time_goes(total_s: float, stages: dict, compute: dict, n: int, forward
                f"the end-to-end time is {fmt(total_s - stage_sum, 's')} above that sum (thread hand-offs and cache "
                "look-ups, not attributed by this profile)")
     cpu = forward_cpu["user_cpu_s"] + forward_cpu["kernel_cpu_s"]
+    kernel = forward_cpu["kernel_cpu_s"] / cpu if cpu else 0.0
+    memory = (f"{fmt(forward_cpu['kernel_cpu_s'], 's')} ({kernel:.0%}) is spent in the kernel, with "
+              f"{forward_cpu['minor_page_faults']:,} minor page faults per batch: " +
+              ("memory for the activations being mapped and zeroed afresh, not arithmetic (the allocator rows of "
+               "the levers table measure the setting that removes it)" if kernel >= 0.05 else
+               "activation memory is reused from batch to batch (the allocator setting of `classifier/memory.py`; "
+               "the levers table's allocator rows show glibc as shipped), so what is left is arithmetic"))
     return (f"**Where the remaining time goes.** The cold {n}-image batch took {fmt(total_s, 's')} end to end. "
             f"Timed one stage at a time on the same images, the stages add up to {fmt(stage_sum, 's')}: {parts}; "
             f"{overlap}. The backbone forward runs at {achieved / 1e9:.1f} GFLOP/s, "
             f"{achieved / compute['matmul_flop_per_s']:.0%} of the {compute['matmul_flop_per_s'] / 1e9:.1f} GFLOP/s a "
             f"{MATMUL_N}² float32 matmul reaches here ({forward / limit:.1f}× the compute limit of {fmt(limit, 's')} "
             f"on its own). Of the CPU time the forward pass uses ({fmt(cpu, 's')} per batch over all threads), "
-            f"{fmt(forward_cpu['kernel_cpu_s'], 's')} ({forward_cpu['kernel_cpu_s'] / cpu:.0%}) is spent in the kernel, "
-            f"with {forward_cpu['minor_page_faults']:,} minor page faults per batch: memory for the activations being "
-            "mapped and zeroed afresh, not arithmetic. The levers table measures what removes it (the allocator "
-            "rows) and what makes the arithmetic cheaper (batch size, TorchScript/compile, bfloat16, resolution).")
+            f"{memory}. Making the arithmetic itself cheaper is what remains: the levers table measures TorchScript / "
+            "torch.compile, bfloat16 and lower resolutions.")
 
 
 def first_embedding(bench) -> dict:

@@ -35,6 +35,7 @@ BAD = [
     ({"mode": "turbo"}, "mode must be one of head, finetune, scratch, got 'turbo'"),
     ({"max_seconds": 0}, "max_seconds must be between"),
     ({"seed": -5}, "seed must be between"),
+    ({"mode": "finetune", "min_crop": 0.0}, "min_crop must be between 0.1 and 1"),
 ]
 
 
@@ -124,3 +125,23 @@ def test_finetune_caps_only_the_classifier_dropout():
     assert cap_head_dropout(model, 0.2) == [0.8]
     assert model.dropout.p == 0.2 and model.config.classifier_dropout_prob == 0.2 and inner.p == 0.5
     assert cap_head_dropout(model, 0.2) == []  # already capped
+
+
+def test_min_crop_of_one_keeps_the_whole_image_and_only_flips():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from training.data import Sample
+    from training.trainer import ImageDataset
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    sample = Sample("0" * 64, "a", "a.png", lambda: buf.getvalue())
+    plain = ImageDataset([sample], [0], 32, [0.5] * 3, [0.5] * 3, False, 10**8, 0)[0]["pixel_values"]
+    for min_crop, whole in ((1.0, True), (0.3, False)):
+        data = ImageDataset([sample], [0], 32, [0.5] * 3, [0.5] * 3, True, 10**8, 0, min_crop=min_crop)
+        seen = [data[0]["pixel_values"] for _ in range(12)]
+        same = [torch.equal(x, plain) or torch.equal(x, plain.flip(-1)) for x in seen]
+        assert all(same) if whole else not all(same)

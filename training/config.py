@@ -25,6 +25,7 @@ class TrainConfig:
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing factor (0–0.5)"})
     unfreeze_blocks: int = field(default=4, metadata={"help": "finetune: how many of the backbone's last blocks to train (-1 = all)"})
     augment: bool = field(default=True, metadata={"help": "finetune/scratch: random crops and flips"})
+    min_crop: float = field(default=0.5, metadata={"help": "finetune/scratch: smallest share of the image area a random crop keeps (0.1–1; 1 = flips only)"})
     filters: int = field(default=32, metadata={"help": "scratch: filters in the first conv layer (doubles each stage)"})
     filter_size: int = field(default=3, metadata={"help": "scratch: convolution kernel size in pixels (odd)"})
     depth: int = field(default=3, metadata={"help": "scratch: number of conv stages"})
@@ -55,7 +56,7 @@ class TrainConfig:
             ("unfreeze_blocks", self.unfreeze_blocks, -1, 100, False), ("filters", self.filters, 1, 512, False),
             ("filter_size", self.filter_size, 1, 15, False), ("depth", self.depth, 1, 6, False),
             ("resolution", self.resolution, 16, 1024, True), ("max_seconds", self.max_seconds, 1.0, 7 * 86400.0, True),
-            ("seed", self.seed, 0, 2**31 - 1, False),
+            ("seed", self.seed, 0, 2**31 - 1, False), ("min_crop", self.min_crop, 0.1, 1.0, False),
         ]
         for name, value, low, high, optional in checks:
             if value is None and optional:

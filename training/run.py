@@ -256,7 +256,7 @@ def _train_finetune(samples, config, settings, staged, report, should_stop):
     trainable = trainer.freeze_all_but_last(model, config.unfreeze_blocks)
     log.info("finetune: %d trainable parameters", trainable)
     dataset = trainer.ImageDataset(train, [index[s.label] for s in train], fm.resolution, fm.mean, fm.std,
-                                   config.augment, settings.max_image_pixels, config.seed)
+                                   config.augment, settings.max_image_pixels, config.seed, config.min_crop)
     curve = trainer.fit(model, dataset, config, lambda f, m: report(0.5 + 0.45 * f, m), should_stop)
     return _save_and_evaluate(model, _processor_for(backbone, config.resolution), staged, samples, train, val,
                               labels, index, settings, curve, skipped, {"backbone": config.backbone or settings.backbone or "bundled"})
@@ -270,7 +270,8 @@ def _train_scratch(samples, config, settings, staged, report, should_stop):
     index = {name: i for i, name in enumerate(labels)}
     model, processor = trainer.build_scratch_model(config, labels)
     dataset = trainer.ImageDataset(train, [index[s.label] for s in train], config.resolution, processor.image_mean,
-                                   processor.image_std, config.augment, settings.max_image_pixels, config.seed)
+                                   processor.image_std, config.augment, settings.max_image_pixels, config.seed,
+                                   config.min_crop)
     curve = trainer.fit(model, dataset, config, lambda f, m: report(0.05 + 0.9 * f, m), should_stop)
     return _save_and_evaluate(model, processor, staged, samples, train, val, labels, index, settings, curve, skipped,
                               {"backbone": f"scratch ({config.filters} filters, {config.filter_size}px kernels, depth {config.depth})"})

@@ -29,23 +29,24 @@ class ImageDataset(torch.utils.data.Dataset):
     """Decodes samples on the fly; random resized crops and flips when ``augment`` is on."""
 
     def __init__(self, samples: list[Sample], targets: list[int], resolution: int, mean, std,
-                 augment: bool, max_pixels: int, seed: int):
+                 augment: bool, max_pixels: int, seed: int, min_crop: float = 0.5):
         self.samples, self.targets = samples, targets
         self.resolution, self.mean, self.std = resolution, mean, std
-        self.augment, self.max_pixels = augment, max_pixels
+        self.augment, self.max_pixels, self.min_crop = augment, max_pixels, min_crop
         self.rng = random.Random(seed)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def _random_crop(self, img: Image.Image) -> Image.Image:
-        width, height = img.size
-        area = width * height * self.rng.uniform(0.5, 1.0)
-        ratio = np.exp(self.rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-        w = int(min(width, round((area * ratio) ** 0.5)))
-        h = int(min(height, round((area / ratio) ** 0.5)))
-        left, top = self.rng.randint(0, width - w), self.rng.randint(0, height - h)
-        img = img.crop((left, top, left + w, top + h))
+        if self.min_crop < 1.0:
+            width, height = img.size
+            area = width * height * self.rng.uniform(self.min_crop, 1.0)
+            ratio = np.exp(self.rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+            w = int(min(width, round((area * ratio) ** 0.5)))
+            h = int(min(height, round((area / ratio) ** 0.5)))
+            left, top = self.rng.randint(0, width - w), self.rng.randint(0, height - h)
+            img = img.crop((left, top, left + w, top + h))
         if self.rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return img
