@@ -1,7 +1,8 @@
 """``python -m bench``: measure the platform against stock baselines, offline, on this machine.
 
 Writes RESULTS.md (tables: baseline, ours, ratio, target, met?) and results.json (every repetition).
-The default run takes about 10 minutes on 2 cores; --quick is a smaller smoke run (about 2 minutes)
+The default run took 6 minutes on 2 cores from a fresh clone (86 s of it preparing data and stored features
+that later runs reuse); --quick is a smaller smoke run (under a minute)
 that CI executes. Data: Fashion-MNIST from the Debian package dataset-fashion-mnist, written once as
 150×150 RGB JPEG class folders under bench/_work/, or any class-per-folder directory (--data).
 
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="smaller sets and fewer repetitions (about 2 minutes); sizes are stated in the report")
+                        help="smaller sets and fewer repetitions (under a minute); sizes are stated in the report")
     parser.add_argument("--only", type=_sections, metavar="NAME[,NAME]", help="run only these sections")
     parser.add_argument("--data", type=Path, metavar="DIR",
                         help="class-per-folder image directory to use instead of Fashion-MNIST "
