@@ -8,9 +8,8 @@ mode (head) on the same images at the same resolution, in the same run.
 from __future__ import annotations
 
 import logging
-import time
 
-from bench.accuracy import BEST_TARGET, BEST_WITHIN_S, VAL_FRACTION, test_accuracy
+from bench.accuracy import BEST_TARGET, BEST_WITHIN_S, VAL_FRACTION, _train_timed, test_accuracy
 from bench.report import Figure
 from training.config import TrainConfig
 
@@ -29,7 +28,6 @@ MARGIN_S = 40
 def run(bench) -> dict:
     from classifier.registry import LocalRegistry
     from training.data import load_folder
-    from training.run import train_version
     slices = bench.slices()
     settings = bench.settings("best")
     registry = LocalRegistry(settings.models_dir)
@@ -37,13 +35,10 @@ def run(bench) -> dict:
     recipe = dict(RECIPE, epochs=QUICK_EPOCHS) if bench.quick else dict(RECIPE)
     config = TrainConfig(**recipe, val_fraction=VAL_FRACTION, max_seconds=BEST_WITHIN_S - MARGIN_S)
     log.info("best: finetune %s on %d images, up to %d s", recipe, len(train), BEST_WITHIN_S)
-    start = time.perf_counter()
-    tuned = train_version(train, config, settings, registry, activate=False)
-    tuned_s = time.perf_counter() - start
-    start = time.perf_counter()  # the head reuses the 128-px embeddings finetune's warm start just cached
-    head = train_version(train, TrainConfig(mode="head", resolution=recipe["resolution"], val_fraction=VAL_FRACTION),
-                         settings, registry, activate=False)
-    head_s = time.perf_counter() - start
+    tuned, tuned_s = _train_timed(train, config, settings, registry)
+    # the head reuses the 128-px embeddings finetune's warm start just cached
+    head, head_s = _train_timed(train, TrainConfig(mode="head", resolution=recipe["resolution"],
+                                                   val_fraction=VAL_FRACTION), settings, registry)
     acc = {}
     for name, result in (("finetune", tuned), ("head", head)):
         acc[name] = test_accuracy(registry.get(result["version"]), test, bench.fresh_dir(f"best-eval-{name}"),

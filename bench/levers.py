@@ -188,7 +188,7 @@ def run(bench) -> dict:
     threads = torch.get_num_threads()
     t = interleaved({f"{threads} threads": _e2e(default, files), "1 thread": _threads(_e2e(default, files), 1)}, reps,
                     warmups={"n": _e2e(default, few), "1": _threads(_e2e(default, few), 1)})
-    rows += _row("torch threads, end to end", t, f"{torch.get_num_threads()} threads", n)
+    rows += _row("torch threads, end to end", t, f"{threads} threads", n)
     details["threads"] = {k: v.to_dict() for k, v in t.items()}
     alloc_rows, details["allocator"] = _allocator_rows(version, files, reps)
     rows += alloc_rows
@@ -273,12 +273,12 @@ def _allocator_rows(version, files, reps: int) -> tuple[list[list], dict]:
                                str(max(3, reps))] + [str(f) for f in files],
                               env=env, capture_output=True, text=True, check=True)
         out[name] = json.loads(done.stdout.strip().splitlines()[-1])
-    base = sorted(next(iter(out.values()))["times"])
+    base = Timing(next(iter(out.values()))["times"]).median  # the default's
     rows = []
     for name, result in out.items():
         t = Timing(result["times"])
         rows.append(["memory allocator, end to end", name, fmt(t.median, "s"), f"{len(files) / t.median:.1f}",
-                     f"{Timing(base).median / t.median:.2f}×", f"peak RSS of the process {result['vm_hwm_mb']} MB"])
+                     f"{base / t.median:.2f}×", f"peak RSS of the process {result['vm_hwm_mb']} MB"])
     return rows, out
 
 

@@ -57,8 +57,6 @@ class FeatureModel:
     """An image-classification model seen as features → head, with its input size and normalisation."""
 
     def __init__(self, model: torch.nn.Module, processor, backbone_id: str):
-        from classifier.memory import keep_freed_memory
-        keep_freed_memory()  # before the first forward pass: ~2.5× faster batches on glibc, see its docstring
         self.model = model.eval()
         self.backbone_id = backbone_id
         crop = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
