@@ -79,12 +79,7 @@ class Handlers:
 
     def class_choices(self):
         """The bulk-assign dropdown: the live model's classes plus every human label."""
-        names = set(self.engine.classes())
-        try:
-            names |= set(self.engine.store().current_labels().values())
-        except PlatformError:
-            pass
-        return gr.update(choices=sorted(names))
+        return gr.update(choices=self.engine.class_names())
 
     def sample(self, root_index, count, threshold, sort, progress=gr.Progress()):
         roots = self.settings.sample_roots
@@ -129,52 +124,88 @@ class Handlers:
     # --- train tab ---
     def train(self, mode, lr, batch_size, epochs, val_fraction, unfreeze_blocks, filters, filter_size, depth,
               session_user, request: gr.Request, progress=gr.Progress()):
+        """Start a run (refused at once, naming who, while another runs) and stream its progress until it ends;
+        closing the tab leaves the run going."""
         user = self.writer(session_user, request)
         # Gradio 6's Number sends 0 for an empty field, so 0 means "the mode's default" here.
         lr, batch_size, epochs = (v or None for v in (lr, batch_size, epochs))
-        previous = self.engine.registry.active()
+        previous = self.engine.active_version()
         params = {"mode": mode, "lr": lr, "batch_size": batch_size, "epochs": epochs, "val_fraction": val_fraction,
                   "unfreeze_blocks": unfreeze_blocks, "filters": filters, "filter_size": filter_size, "depth": depth}
-        job = self.engine.start_training({k: v for k, v in params.items() if v is not None}, user)
-        while job.finished is None:
-            progress(job.progress, desc=job.message or "training")
-            time.sleep(0.5)
-        if job.state != "done":
-            raise PlatformError(job.error or f"Training {job.state}")
-        return self.compare(job.result["version"], previous) + (self.models_table(), self.status_text())
+        job_id = self.engine.start_training({k: v for k, v in params.items() if v is not None}, user).id
+        while (snap := self.engine.training_status())["id"] == job_id and snap["finished"] is None:
+            progress(snap["progress"], desc=snap["message"] or "training")
+            yield (gr.skip(),) * 4 + (gr.skip(), gr.skip()) + self.training_view(snap)
+            time.sleep(1.0)
+        if snap["state"] != "done":
+            raise PlatformError(snap["error"] or f"Training {snap['state']}")
+        yield self.result_view(snap["result"], previous) + (self.models_table(), self.status_text()) + self.training_view(snap)
 
-    def compare(self, version, previous):
-        """Markdown, confusion matrix, per-class F1 and loss curves of a version next to another."""
-        new = self.engine.registry.get(version).metrics()
-        old = self.engine.registry.get(previous).metrics() if previous and previous != version else None
-        rows = [("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("calibration error", "ece"),
+    def cancel(self, session_user, request: gr.Request):
+        user = self.writer(session_user, request)
+        snap = self.engine.cancel_training(user)
+        return f"⏹ Stopping {snap['user']}'s run ({snap['progress']:.0%} done): nothing will be registered."
+
+    def result_view(self, result: dict, previous: str | None):
+        """The run's verdict (promoted or not, why, by whom, warnings) above the comparison with ``previous``."""
+        version = result["version"]
+        verdict = (f"### ✅ {version} is live\n" if result.get("promoted") else
+                   f"### ⚠ {version} was registered but not promoted\nActivate it anyway in the Models tab if you trust it.\n")
+        lines = [verdict, f"{result.get('reason', '')} · started by **{result.get('started_by')}**"]
+        lines += [f"\n⚠ {w}" for w in result.get("warnings") or []]
+        text, *plots_ = self.compare(version, previous)
+        return ("\n".join(lines) + "\n\n" + text, *plots_)
+
+    def compare(self, version, other):
+        """Markdown, confusion matrix, per-class F1 and loss curves of a version next to another. Accuracies are
+        compared only on the images both versions held out, and the table says how many."""
+        new = self.engine.version_metrics(version)
+        old = self.engine.version_metrics(other) if other and other != version else None
+        lines = [f"| | **{version}** | {other if old else '—'} |", "|---|---|---|"]
+        if old:
+            shared = self.engine.compare_versions(version, other)
+            fmt = lambda a: "—" if a is None else f"{a:.1%}"  # noqa: E731
+            lines.append(f"| accuracy on the same {shared['images']} held-out images | {fmt(shared[version])} | {fmt(shared[other])} |")
+        rows = [("macro-F1 (own validation split)", "macro_f1"), ("calibration error", "ece"),
                 ("train / val images", None), ("wall time (s)", "wall_time_s")]
-        lines = [f"| | **{version}** | {previous if old else '—'} |", "|---|---|---|"]
         for name, key in rows:
             get = (lambda m: f"{m.get('train_size')} / {m.get('val_size')}") if key is None else (lambda m, k=key: m.get(k))
             lines.append(f"| {name} | {get(new)} | {get(old) if old else '—'} |")
-        text = f"### {version} is live\n" + "\n".join(lines)
+        text = "\n".join(lines)
         return (text, plots.confusion_from_matrix(new.get("confusion_matrix", []), new.get("labels", []),
                                                   f"{version} on its validation images"),
-                plots.f1_comparison(new, old, version, previous),
-                plots.loss_curves({version: new.get("loss_curve", []), **({previous: old.get("loss_curve", [])} if old else {})}))
+                plots.f1_comparison(new, old, version, other),
+                plots.loss_curves({version: new.get("loss_curve", []), **({other: old.get("loss_curve", [])} if old else {})}))
 
-    def training_status(self):
-        job = self.engine.jobs.latest()
-        if job is None:
+    def training_view(self, snap: dict | None = None):
+        """The latest run's state line and live loss plot."""
+        snap = snap if snap is not None else self.engine.training_status()
+        if snap is None:
             return "No training run yet in this session of the server.", None
-        snap = job.snapshot()
         state = {"running": f"⏳ training ({snap['progress']:.0%}): {snap['message']}", "queued": "⏳ starting",
-                 "done": f"✅ {snap['message']}", "failed": f"❌ {snap['error']}"}.get(snap["state"], snap["state"])
-        return f"**Latest run** by {snap['user']}: {state}", plots.live_loss(snap["losses"])
+                 "done": f"✅ {snap['message']}", "failed": f"❌ {snap['error']}",
+                 "cancelled": f"⏹ {snap['error']}"}.get(snap["state"], snap["state"])
+        return f"**Latest run** by {snap['user']}: {state}", plots.live_loss([e["loss"] for e in snap["losses"]])
+
+    def poll_training(self):
+        """Timer tick for tabs that did not start the run: the state, and the timer stops once nothing runs."""
+        snap = self.engine.training_status()
+        running = snap is not None and snap["finished"] is None
+        return self.training_view(snap) + (gr.Timer(active=running),)
 
     # --- models tab ---
     def models_table(self):
-        rows = [[m["version"], "✅" if m["active"] else "", m["mode"], m["created"], m["metrics"].get("accuracy"),
-                 m["metrics"].get("macro_f1"), m["metrics"].get("ece"), m["metrics"].get("train_size"),
-                 len(m["classes"]), _hub_state(m.get("hub"))] for m in reversed(self.engine.models())]
-        return pd.DataFrame(rows, columns=["version", "active", "mode", "created", "accuracy", "macro-F1", "ECE",
-                                           "train images", "classes", "Hub"])
+        rows = []
+        for m in reversed(self.engine.models()):
+            promo = m.get("promotion") or {}
+            verdict = "" if not promo else ("promoted" if promo.get("promoted") else "not promoted")
+            rows.append([m["version"], "✅" if m["active"] else "", m["mode"], m["created"], m.get("trained_by"),
+                         verdict, promo.get("reason", ""), m["metrics"].get("accuracy"), m["metrics"].get("val_size"),
+                         m["metrics"].get("macro_f1"), m["metrics"].get("train_size"), len(m["classes"]),
+                         _hub_state(m.get("hub"))])
+        return pd.DataFrame(rows, columns=["version", "active", "mode", "created", "trained by", "gate", "why",
+                                           "val accuracy (own split)", "val images", "macro-F1", "train images",
+                                           "classes", "Hub"])
 
     def models_refresh(self):
         versions = [m["version"] for m in reversed(self.engine.models())]
@@ -195,15 +226,16 @@ class Handlers:
         return (f"Pushing {version} to the Hub again…",) + self.models_refresh()
 
     def version_details(self, version):
+        """The chosen version next to the active one, on the same held-out images."""
         if not version:
             return "", None, None, None
-        return self.compare(version, None)
+        return self.compare(version, self.engine.active_version())
 
     def status_text(self):
         s = self.engine.status()
+        training = f"**training** by {s['training_by']} ({s['training_progress']:.0%})" if s["training"] else "idle"
         parts = [f"**Model:** {s['active_version'] or 'none trained yet'}", f"**classes:** {len(s['classes'])}",
-                 f"**labelled images:** {s['labelled_images'] if s['labelled_images'] is not None else '?'}",
-                 "**training…**" if s["training"] else "idle"]
+                 f"**labelled images:** {s['labelled_images'] if s['labelled_images'] is not None else '?'}", training]
         notes = [n for n in (s.get("model_warning"), s.get("store_error"), s.get("hub_error")) if n]
         if s.get("labels_not_pushed"):
             notes.append(f"{s['labels_not_pushed']} label change(s) not yet pushed to the Hub")
@@ -289,8 +321,9 @@ def build_app(engine: Engine) -> gr.Blocks:
 
         with gr.Tab("Train"):
             gr.Markdown("Trains on " + (f"the dataset `{s.dataset}` plus " if s.dataset else "") +
-                        "every label saved in the store; the new version becomes active when training ends. "
-                        "0 in a field means the mode's default.")
+                        "every label saved in the store. The new version goes live only if it is not worse than the "
+                        f"active one by more than {s.promotion_tolerance:.0%} on the same held-out images; otherwise it "
+                        "is kept, not promoted, and can be activated in the Models tab. 0 in a field means the mode's default.")
             with gr.Row():
                 mode = gr.Radio(MODES, value="head", label="mode", info="head: seconds · finetune/scratch: minutes")
                 lr = gr.Number(0, label="learning rate", minimum=0, info="0 = the mode's default")
@@ -303,7 +336,9 @@ def build_app(engine: Engine) -> gr.Blocks:
                     filters = gr.Number(32, precision=0, label="scratch: filters")
                     filter_size = gr.Number(3, precision=0, label="scratch: filter size (px)")
                     depth = gr.Number(3, precision=0, label="scratch: depth (stages)")
-            train_btn = gr.Button("Train a new version", variant="primary", elem_id="train-btn")
+            with gr.Row():
+                train_btn = gr.Button("Train a new version", variant="primary", elem_id="train-btn")
+                stop_btn = gr.Button("Stop training", variant="stop", elem_id="stop-btn")
             train_status = gr.Markdown(elem_id="train-status")
             live_loss = gr.Plot(label="live loss")
             compare_md = gr.Markdown(elem_id="train-result")
@@ -316,7 +351,7 @@ def build_app(engine: Engine) -> gr.Blocks:
             models_df = gr.Dataframe(h.models_table(), interactive=False, label="versions", elem_id="models")
             with gr.Row():
                 version_pick = gr.Dropdown([m["version"] for m in reversed(engine.models())], label="version")
-                activate_btn = gr.Button("Activate (rollback)", elem_id="activate-btn")
+                activate_btn = gr.Button("Activate (rollback / activate anyway)", elem_id="activate-btn")
                 refresh_btn = gr.Button("Refresh")
                 if s.hub_model_id:
                     push_btn = gr.Button("Retry Hub push")
@@ -346,11 +381,17 @@ def build_app(engine: Engine) -> gr.Blocks:
                            api_visibility="private")
         save_btn.click(user_errors(h.save), [batch, editor, session_user, only_changed],
                        [batch, save_msg, batch_acc, batch_conf, bulk_label, status], api_visibility="private")
+        # No queue of our own in front of training: a second Train click reaches the engine at once and is
+        # refused there with who is training and how far (never silently queued behind the first).
         train_btn.click(user_errors(h.train), [mode, lr, batch_size, epochs, val_fraction, unfreeze, filters,
                                                filter_size, depth, session_user],
-                        [compare_md, train_conf, train_f1, train_loss, models_df, status],
-                        concurrency_id="train", concurrency_limit=1, api_visibility="private")
-        gr.Timer(2.0).tick(h.training_status, None, [train_status, live_loss], api_visibility="private")
+                        [compare_md, train_conf, train_f1, train_loss, models_df, status, train_status, live_loss],
+                        concurrency_id="train", concurrency_limit=8, api_visibility="private")
+        stop_btn.click(user_errors(h.cancel), [session_user], train_status, concurrency_limit=None,
+                       api_visibility="private")
+        # Other tabs follow a run with a timer that runs only while a job does (no polling when idle).
+        train_timer = gr.Timer(2.0, active=False)
+        train_timer.tick(h.poll_training, None, [train_status, live_loss, train_timer], api_visibility="private")
         gr.Timer(5.0).tick(h.status_text, None, status, api_visibility="private")
         refresh_btn.click(h.models_refresh, None, [models_df, version_pick], api_visibility="private")
         activate_btn.click(user_errors(h.activate_version), [version_pick, session_user],
@@ -361,6 +402,7 @@ def build_app(engine: Engine) -> gr.Blocks:
         version_pick.change(user_errors(h.version_details), version_pick,
                             [details_md, details_conf, details_f1, details_loss], api_visibility="private")
         demo.load(h.status_text, None, status, api_visibility="private")
+        demo.load(h.poll_training, None, [train_status, live_loss, train_timer], api_visibility="private")
 
         register_api(engine, h, api_btn, api_files, api_out)
     return demo

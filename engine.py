@@ -4,18 +4,23 @@ list/activate versions, status. It knows nothing of Gradio; the app is a thin ad
 from __future__ import annotations
 
 import logging
-import sys
 import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
 from typing import Callable
 
 from classifier.images import decode, save_thumbnail
 from classifier.live import LiveModel
 from classifier.registry import LocalRegistry
 from classifier.uploads import expand_uploads
+from hub.datasets import dataset_revision, push_export
 from settings import PlatformError, Settings
 from training.config import TrainConfig
 from training.data import LoadedData, Sample, load_samples, merge_samples
+from training.evaluation import Decision, decide, set_digest, shared_evaluation_set
 from training.jobs import TrainingJobs
+from training.progress import ProgressEvent, Report, part_of
 from training.run import train_version
 
 log = logging.getLogger(__name__)
@@ -57,10 +62,10 @@ class Engine:
         self.publisher = None
         self.journal = None
         if settings.hub_model_id:
-            from classifier.publish import ModelPublisher
+            from hub.publish import ModelPublisher
             self.publisher = ModelPublisher(settings, self.registry, self.live)
         if settings.hub_dataset_id:
-            from labeling.journal import LabelJournal
+            from hub.journal import LabelJournal
             self.journal = LabelJournal(settings.data_dir / "journal", settings.hub_dataset_id, settings.hf_token,
                                         endpoint=settings.hub_endpoint)
 
@@ -104,17 +109,20 @@ class Engine:
                 self._store = None
 
     # --- prediction ------------------------------------------------------------------------------
-    def predict(self, sources, progress: Progress | None = None, thumbnails: bool = False) -> dict:
+    def predict(self, sources, progress: Progress | None = None, thumbnails: bool = False, record: bool = True,
+                version: str | None = None, max_batch: int | None = None, top_k: int = 3) -> dict:
         """Predict uploaded files (paths, bytes, .zip archives); records images and predictions in the store.
 
         Returns ``{"results", "errors", "batch_id", "model_version", "store_error"}``; a store outage
         never stops predictions. With no trained version yet, results carry ``label`` None (nothing is
-        invented) so the images can still be labelled. ``thumbnails`` adds a ``thumbnail`` path per result.
+        invented) so the images can still be labelled. ``thumbnails`` adds a ``thumbnail`` path per result;
+        ``record=False`` writes nothing to the store; ``version`` predicts with that version instead of the
+        active one; ``max_batch`` overrides ``MAX_BATCH`` (the CLI predicts whole folders).
         """
-        predictor = self.live.current()
-        images, errors = expand_uploads(sources, self.settings.max_batch)
+        predictor = self.live.load(version) if version else self.live.current()
+        images, errors = expand_uploads(sources, max_batch or self.settings.max_batch)
         if predictor is not None:
-            results, bad = predictor.predict_batch(images, progress=progress)
+            results, bad = predictor.predict_batch(images, top_k=top_k, progress=progress)
         else:
             results, bad = self._unpredicted(images)
         errors += bad
@@ -123,7 +131,7 @@ class Engine:
             for r in results:
                 r["thumbnail"] = str(save_thumbnail(by_sha[r["sha256"]], self.thumbs_dir, self.settings.max_image_pixels))
         batch_id, store_error = None, None
-        if results:
+        if results and record:
             good = {r["sha256"] for r in results}
             try:
                 store = self.store()
@@ -149,8 +157,19 @@ class Engine:
         return results, errors
 
     def classes(self) -> list[str]:
+        """The active version's classes."""
         predictor = self.live.current()
         return list(predictor.labels) if predictor else []
+
+    def class_names(self) -> list[str]:
+        """Every class a label may take now: the active version's plus every human label (sorted); the store's
+        part is left out while it is unreachable."""
+        names = set(self.classes())
+        try:
+            names |= set(self.store().current_labels().values())
+        except PlatformError:
+            pass
+        return sorted(names)
 
     # --- labels ----------------------------------------------------------------------------------
     def save_labels(self, items: list[dict], user: str = "anonymous") -> dict:
@@ -182,46 +201,134 @@ class Engine:
         return result
 
     # --- training --------------------------------------------------------------------------------
-    def _run_training(self, params: dict, report: Progress, should_stop: Callable[[], bool]) -> dict:
+    def _training_samples(self, data: str | None, human_labels: bool) -> tuple[list[Sample], LoadedData, int]:
+        """Dataset samples (``data``, a folder/.zip/saved dataset/Hub id) merged with the store's human labels;
+        returns (samples, the dataset as loaded, how many human labels)."""
+        base = _load_base(self.settings, data)
+        human: list[Sample] = []
+        if human_labels:
+            try:
+                human = _human_samples(self.store())
+            except PlatformError:
+                if not base.samples:
+                    raise
+                log.warning("Training without human labels: the labelling store is unreachable")
+        return merge_samples(base.samples, human), base, len(human)
+
+    def _run_training(self, params: dict, report: Report, should_stop: Callable[[], bool], *, user: str,
+                      data: str | None, human_labels: bool, promote: bool) -> dict:
         config = TrainConfig.from_mapping(params)
-        report(0.0, "loading training data")
-        base = _load_base(self.settings, self.settings.dataset)
-        try:
-            human = _human_samples(self.store())
-        except PlatformError:
-            if not base.samples:
-                raise
-            human = []
-            log.warning("Training without human labels: the labelling store is unreachable")
-        samples = merge_samples(base.samples, human)
+        report(ProgressEvent(0.0, "loading training data"))
+        samples, base, human = self._training_samples(data, human_labels)
         if not samples:
             raise PlatformError("There is nothing to train on yet: set DATASET to a class-per-folder directory, "
-                                "or label some predicted images and save them")
-        extra = {"dataset_revision": self._journal_revision()} if self.journal is not None else {}
-        result = self._train(samples, config, self.settings, self.registry, report=report,
-                               should_stop=should_stop, activate=False, skipped=base.skipped,
-                               dataset_name=self.settings.dataset or self.settings.hub_dataset_id, extra_info=extra)
-        self.live.activate(result["version"])
+                                "import a labelled folder, or label some predicted images")
+        extra = {"dataset_revision": dataset_revision(self.settings)} if self.journal is not None else {}
+        result = self._train(samples, config, self.settings, self.registry, report=part_of(report, 0.0, 0.9),
+                             should_stop=should_stop, activate=False, skipped=base.skipped,
+                             dataset_name=data or self.settings.hub_dataset_id, extra_info=dict(extra, trained_by=user))
+        version = result["version"]
+        report(ProgressEvent(0.92, f"comparing {version} with the active version on the same images"))
+        decision = self._promotion(version, samples) if promote else Decision(
+            False, f"{version} was registered without activating it (as asked)")
+        self.registry.record_promotion(version, dict(asdict(decision), user=user, time=time.time()))
         if self.publisher is not None:
-            self.publisher.publish(result["version"])
-            self.publisher.record_active(result["version"])
-        result["metrics"]["human_labels"] = len(human)
+            self.publisher.publish(version)
+        if decision.promoted:
+            self._activate(version)
+        result["metrics"]["human_labels"] = human
+        result.update(promoted=decision.promoted, reason=decision.reason, started_by=user,
+                      compared_on=decision.images, warnings=result["metrics"].get("warnings") or [])
         return result
 
-    def start_training(self, params: dict, user: str = "anonymous"):
-        TrainConfig.from_mapping(params)  # bad parameters fail here, before a job exists
-        return self.jobs.start(params, user)
+    def _promotion(self, version: str, samples: list[Sample]) -> Decision:
+        """The gate: ``version`` against the active one on the evaluation images both held out."""
+        active = self.registry.active()
+        if active is None or active == version:
+            return decide(version, None, None, None, 0, self.settings.promotion_tolerance)
+        shared = self._shared_set(samples, version, active)
+        (new_acc, n), (old_acc, _) = self._score(version, shared), self._score(active, shared)
+        return decide(version, active, new_acc, old_acc, n, self.settings.promotion_tolerance)
 
-    def retrain(self, params: dict, user: str = "anonymous") -> dict:
-        """Train, register and activate a version; blocks until done. Returns ``{version, metrics}``."""
-        job = self.jobs.wait(self.start_training(params, user))
+    def _shared_set(self, samples: list[Sample], *versions: str) -> list[Sample]:
+        infos = [self.registry.get(v) for v in versions]
+        fractions = [float(i.params().get("val_fraction", 0.2)) for i in infos]
+        kept = [sha for i in infos for sha in i.metrics().get("eval_kept_for_training") or []]
+        return shared_evaluation_set(samples, fractions, kept)
+
+    def _score(self, version: str, samples: list[Sample]) -> tuple[float | None, int]:
+        """Accuracy of ``version`` on ``samples`` (recorded beside the versions, so each set is scored once)."""
+        if not samples:
+            return None, 0
+        digest = set_digest(samples)
+        cached = self.registry.score(version, digest)
+        if cached is None:
+            from training.scoring import accuracy_on
+            accuracy, images = accuracy_on(self.live.load(version), samples)
+            cached = {"accuracy": accuracy, "images": images}
+            self.registry.record_score(version, digest, cached)
+        return cached["accuracy"], cached["images"]
+
+    def start_training(self, params: dict, user: str = "anonymous", data: str | None = None,
+                       human_labels: bool = True, promote: bool = True):
+        """Start a run in the background; returns its job. ``data`` defaults to ``DATASET``. Refused with a
+        message naming who is training when a run is going on. The new version goes live only if it passes
+        the promotion gate (``promote=False``: registered, never activated)."""
+        TrainConfig.from_mapping(params)  # bad parameters fail here, before a job exists
+        options = {"user": user, "data": data if data is not None else self.settings.dataset,
+                   "human_labels": human_labels, "promote": promote}
+        return self.jobs.start(params, user, options)
+
+    def retrain(self, params: dict, user: str = "anonymous", on_progress: Report | None = None, **options) -> dict:
+        """Train and register a version, blocking until done; returns ``{version, metrics, promoted, reason,
+        started_by, compared_on, warnings}``. ``on_progress`` receives each progress event. Options as
+        :meth:`start_training`."""
+        job = self.start_training(params, user, **options)
+        while job.finished is None:
+            time.sleep(0.2)
+            if on_progress is not None:
+                on_progress(ProgressEvent(job.progress, job.message))
         if job.state != "done":
             raise PlatformError(job.error or f"Training {job.state}")
         return job.result
 
+    def cancel_training(self, user: str = "anonymous") -> dict:
+        """Stop the running training job; it registers nothing. Returns the job's snapshot."""
+        return self.jobs.cancel(user).snapshot()
+
+    def wait_for_training(self, timeout: float | None = None) -> dict | None:
+        """Block until the latest job ends (or ``timeout`` seconds pass); returns its snapshot, or None."""
+        job = self.jobs.latest()
+        return self.jobs.wait(job, timeout).snapshot() if job else None
+
+    def training_status(self) -> dict | None:
+        """The latest job of this process as a snapshot (see :meth:`training.jobs.Job.snapshot`), or None."""
+        job = self.jobs.latest()
+        return job.snapshot() if job else None
+
     # --- versions --------------------------------------------------------------------------------
+    def require_model(self) -> str:
+        """The active version; PlatformError saying why when none can be served."""
+        return self.live.require().version
+
+    def active_version(self) -> str | None:
+        """The version served now (following activations made by other processes)."""
+        predictor = self.live.current()
+        return predictor.version if predictor else None
+
+    def version_metrics(self, version: str) -> dict:
+        """A version's ``metrics.json`` (accuracy, per-class F1, confusion matrix, loss curve, …)."""
+        return self.registry.get(version).metrics()
+
+    def compare_versions(self, first: str, second: str) -> dict:
+        """Both versions scored on the images both held out: ``{"images", first: accuracy, second: accuracy}``."""
+        samples, _, _ = self._training_samples(self.settings.dataset, True)
+        shared = self._shared_set(samples, first, second)
+        (a, n), (b, _) = self._score(first, shared), self._score(second, shared)
+        return {"images": n, first: a, second: b}
+
     def models(self) -> list[dict]:
-        active = self.registry.active()
+        active = self.active_version()
         pushes = self.publisher.statuses() if self.publisher else {}
         rows = []
         for v in self.registry.versions():
@@ -229,32 +336,33 @@ class Engine:
             push = pushes.get(v.version)
             rows.append({"version": v.version, "active": v.version == active, "created": v.info.get("created"),
                          "mode": v.info.get("mode"), "classes": v.info.get("classes", []),
+                         "trained_by": v.info.get("trained_by"), "promotion": self.registry.promotion(v.version),
                          "metrics": {k: m.get(k) for k in ("accuracy", "macro_f1", "ece", "train_size", "val_size", "wall_time_s")},
                          "hub": ({"state": push["state"], "reason": push.get("reason")} if push else None)})
         return rows
 
     def activate(self, version: str) -> dict:
-        version = str(version or "").strip()
+        """Make ``version`` active (a rollback, or a version the gate held back) → ``{"active"}``."""
+        self._activate(str(version or "").strip())
+        return {"active": self.active_version()}
+
+    def _activate(self, version: str) -> None:
         if self.publisher is not None:
             self.publisher.activate(version)
         else:
             self.live.activate(version)
-        return {"active": self.registry.active()}
 
     def retry_push(self, version: str) -> None:
         if self.publisher is None:
             raise PlatformError("Hub publishing is off: set HUB_MODEL_ID and HF_TOKEN")
         self.publisher.retry(version)
 
-    def _journal_revision(self) -> str | None:
-        """The label journal's current commit on the Hub, for the model card (None when unknown)."""
-        try:
-            from huggingface_hub import HfApi
-            api = HfApi(endpoint=self.settings.hub_endpoint, token=self.settings.hf_token or False)
-            return api.repo_info(self.settings.hub_dataset_id, repo_type="dataset").sha
-        except Exception as exc:  # any Hub failure: the card just omits the revision
-            log.info("No dataset revision for the model card: %s", type(exc).__name__)
+    def wait_for_hub(self, version: str, timeout: float = 300.0) -> dict | None:
+        """Wait for pending Hub pushes (a CLI before it exits); returns ``version``'s push state, or None when
+        publishing is off."""
+        if self.publisher is None:
             return None
+        return self.publisher.wait(version, timeout)
 
     def status(self) -> dict:
         predictor = self.live.current()
@@ -263,6 +371,7 @@ class Engine:
                   "classes": list(predictor.labels) if predictor else [],
                   "versions": len(self.registry.versions()), "training": running is not None,
                   "training_progress": round(running.progress, 3) if running else None,
+                  "training_by": running.user if running else None,
                   "dataset": self.settings.dataset, "model_warning": self.live.warning,
                   "labelled_images": None, "store_error": self.store_error,
                   "hub_error": self.publisher.hub_error if self.publisher else None,
@@ -272,6 +381,21 @@ class Engine:
         except PlatformError as exc:
             status["store_error"] = str(exc)
         return status
+
+    # --- labelled data for the CLIs -----------------------------------------------------------------
+    def label_stats(self) -> dict:
+        """Counts of images, labels, classes and batches in the store (``python -m labeling stats``)."""
+        return self.store().stats()
+
+    def export_labels(self, out_dir, format: str = "imagefolder", push: bool = False) -> dict:
+        """Write the labelled images as an ``imagefolder`` tree or a saved ``datasets`` folder; with ``push``,
+        also to ``HUB_DATASET_ID``. Returns the counts."""
+        if push and not (self.settings.hub_dataset_id and self.settings.hf_token):
+            raise PlatformError("--push needs HUB_DATASET_ID and HF_TOKEN to be set")
+        counts = self.store().export(out_dir, format=format)
+        if push:
+            counts["pushed_to"] = push_export(Path(counts["out_dir"]), format, self.settings)
+        return counts
 
 
 def replay_journal(journal, store) -> int:

@@ -53,6 +53,9 @@ class Settings:
     """Server-side folders the UI may sample images from."""
     oauth_allowed: tuple[str, ...] = ()
     """On a Space: Hugging Face user or organisation names allowed to write."""
+    promotion_tolerance: float = 0.01
+    """How much lower (accuracy, 0–1) a new version may score than the active one on the shared evaluation
+    images and still go live by itself (``PROMOTION_TOLERANCE``)."""
     tune_malloc: bool = True
     """Let :mod:`classifier.memory` keep freed memory for reuse (``TUNE_MALLOC=0`` turns it off; so does
     setting glibc's own ``MALLOC_*`` variables or ``GLIBC_TUNABLES``, which are then left to rule)."""
@@ -88,6 +91,19 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
         raise PlatformError(f"{name} must be a whole number, got {raw!r}") from None
     if not low <= value <= high:
         raise PlatformError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise PlatformError(f"{name} must be a number between 0 and 1, got {raw!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise PlatformError(f"{name} must be between 0 and 1, got {value}")
     return value
 
 
@@ -134,6 +150,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         space_id=_opt(env, "SPACE_ID"),
         sample_roots=roots,
         oauth_allowed=tuple(x.strip() for x in (env.get("HF_ALLOWED_USERS") or "").split(",") if x.strip()),
+        promotion_tolerance=_fraction(env, "PROMOTION_TOLERANCE", 0.01),
         tune_malloc=(env.get("TUNE_MALLOC", "1").strip().lower() not in ("0", "false", "no", "off")
                      and not any(k in env for k in GLIBC_MALLOC_VARS)
                      and "malloc" not in env.get("GLIBC_TUNABLES", "")),

@@ -1,7 +1,9 @@
 """``python -m classifier``: predict images with the active model version, or list versions.
 
 ``predict FILE_OR_DIR…`` prints one JSON object per image (file, sha256, label, confidence, top_k,
-model_version); images that cannot be read print an object with ``error`` and set exit status 1.
+model_version), ``file`` being the path as given on the command line (``photos/a/img_001.jpg`` for a file
+found in the folder ``photos``); images that cannot be read print an object with ``error`` and set exit
+status 1. Goes through the same :class:`engine.Engine` as the app, and records nothing in the store.
 """
 from __future__ import annotations
 
@@ -29,39 +31,53 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _inputs(raw_paths: list[str]) -> tuple[list, list[dict]]:
+    """Images named by their path as given on the command line (a folder's files as ``FOLDER/sub/x.jpg``)."""
+    from classifier.images import ImageInput, list_image_files
+
+    images, errors = [], []
+    for raw in raw_paths:
+        path = Path(raw)
+        if not path.exists():
+            raise PlatformError(f"{raw}: no such file or folder")
+        found = [(str(Path(raw) / f.relative_to(path)), f) for f in list_image_files(path)] if path.is_dir() else [(raw, path)]
+        for shown, file in found:
+            try:
+                images.append(ImageInput.from_bytes(file.read_bytes(), shown))
+            except OSError as exc:
+                errors.append({"file": shown, "error": f"{shown}: cannot read ({exc.strerror or exc})"})
+    return images, errors
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     try:
-        from classifier.images import list_image_files
-        from classifier.live import LiveModel
-        from classifier.registry import LocalRegistry
+        from engine import Engine
 
-        settings = get_settings()
-        registry = LocalRegistry(settings.models_dir)
+        engine = Engine(get_settings())
         if args.command == "versions":
-            active = registry.active()
-            for v in registry.versions():
-                print(json.dumps({"version": v.version, "active": v.version == active, "created": v.info.get("created"),
-                                  "mode": v.info.get("mode"), "accuracy": v.metrics().get("accuracy")}))
+            for m in engine.models():
+                print(json.dumps({"version": m["version"], "active": m["active"], "created": m["created"],
+                                  "mode": m["mode"], "accuracy": m["metrics"].get("accuracy"),
+                                  "promoted": (m["promotion"] or {}).get("promoted")}))
             return 0
         if args.command == "activate":
-            LiveModel(registry, settings).activate(args.version)
-            print(json.dumps({"active": args.version}))
+            print(json.dumps(engine.activate(args.version)))
+            engine.wait_for_hub(args.version, timeout=120)
             return 0
-        files: list[Path] = []
-        for raw in args.paths:
-            path = Path(raw)
-            if not path.exists():
-                raise PlatformError(f"{raw}: no such file or folder")
-            files += list_image_files(path) if path.is_dir() else [path]
-        live = LiveModel(registry, settings)
-        predictor = live.load(args.version) if args.version else live.require()
-        results, errors = predictor.predict_batch(files, top_k=max(1, args.top_k))
+        images, errors = _inputs(args.paths)
+        if not images:
+            raise PlatformError("No images found in " + ", ".join(args.paths))
+        if not args.version:
+            engine.require_model()
+        result = engine.predict(images, record=False, version=args.version, max_batch=len(images),
+                                top_k=max(1, args.top_k))
     except PlatformError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for row in results + errors:
+    errors += result["errors"]
+    for row in result["results"] + errors:
         print(json.dumps(row, ensure_ascii=False))
     return 1 if errors else 0
 

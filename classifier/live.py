@@ -24,6 +24,8 @@ class LiveModel:
         self._lock = threading.Lock()
         self._predictor: Predictor | None = None
         self._loaded = False
+        self._followed: dict | None = None
+        """The registry's active record this process last acted on."""
         self.warning: str | None = None
         """Why the registry's active version is not the one served, if it is not."""
 
@@ -52,12 +54,36 @@ class LiveModel:
         return None
 
     def current(self) -> Predictor | None:
-        """The predictor to use for one request (None when no version exists yet)."""
+        """The predictor to use for one request (None when no version exists yet).
+
+        Follows an activation made elsewhere (the CLI, another process): the registry's ``active.json`` is
+        read on every call (a small file) and a changed record loads that version first.
+        """
+        record = self.registry.active_record()
         with self._lock:
             if not self._loaded:
                 self._predictor = self._initial()
-                self._loaded = True
+                self._loaded, self._followed = True, record
+                return self._predictor
+            if record == self._followed:
+                return self._predictor
+        self._follow(record)
+        with self._lock:
             return self._predictor
+
+    def _follow(self, record: dict | None) -> None:
+        """Serve the version ``record`` names; a version that cannot be loaded keeps the old one, with a warning."""
+        if record is None:
+            return
+        try:
+            predictor = self.load(record["version"])
+        except PlatformError as exc:
+            with self._lock:
+                self._followed, self.warning = record, str(exc)
+            return
+        with self._lock:
+            self._predictor, self._followed, self.warning = predictor, record, None
+        log.info("Following the registry: active model is now %s", record["version"])
 
     def require(self) -> Predictor:
         predictor = self.current()
@@ -67,21 +93,13 @@ class LiveModel:
             raise PlatformError("No model has been trained yet: train one first (Train tab, /retrain, or python -m training)")
         return predictor
 
-    def activate(self, version: str) -> Predictor:
-        """Load ``version`` fully, then make it active here and in the registry in one step."""
+    def activate(self, version: str, since: float | None = None) -> Predictor:
+        """Load ``version`` fully, then make it active here and in the registry in one step (``since``: the
+        activation time to record, epoch seconds; default now)."""
         predictor = self.load(version)  # slow part outside the lock; in-flight requests keep the old one
         with self._lock:
-            self.registry.set_active(version)
+            self.registry.set_active(version, since)
             self._predictor, self._loaded, self.warning = predictor, True, None
+            self._followed = self.registry.active_record()
         log.info("Active model is now %s", version)
         return predictor
-
-    def refresh(self) -> None:
-        """Follow an activation made by another process (e.g. the training CLI)."""
-        active = self.registry.active()
-        current = self.current()
-        if active and (current is None or current.version != active):
-            try:
-                self.activate(active)
-            except PlatformError as exc:
-                self.warning = str(exc)

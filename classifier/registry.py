@@ -22,6 +22,8 @@ from classifier.embeddings import file_digest
 from settings import PlatformError
 
 VERSION_RE = re.compile(r"^v(\d+)$")
+EVALUATIONS_FILE = "evaluations.json"
+"""Scores of versions on evaluation sets and promotion decisions, beside the versions."""
 REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "version.json")
 
 
@@ -38,8 +40,15 @@ class VersionInfo:
         return int(self.version[1:])
 
     def metrics(self) -> dict:
+        return self._json("metrics.json")
+
+    def params(self) -> dict:
+        """The training parameters the run used (``params.json``; empty for versions made elsewhere)."""
+        return self._json("params.json")
+
+    def _json(self, name: str) -> dict:
         try:
-            return json.loads((self.path / "metrics.json").read_text())
+            return json.loads((self.path / name).read_text())
         except (OSError, ValueError):
             return {}
 
@@ -104,11 +113,20 @@ class LocalRegistry:
         return VersionInfo(version, path, json.loads((path / "version.json").read_text()))
 
     def active(self) -> str | None:
+        """The active version's name, or None when none is set (or it no longer exists)."""
+        record = self.active_record()
+        return record["version"] if record else None
+
+    def active_record(self) -> dict | None:
+        """``{"version", "since"}`` of the active version (``since``: when it was activated, epoch seconds)."""
         try:
-            version = json.loads(self._active_file.read_text()).get("version")
+            record = json.loads(self._active_file.read_text())
         except (OSError, ValueError):
             return None
-        return version if version and (self.root / version / "version.json").is_file() else None
+        version = record.get("version") if isinstance(record, dict) else None
+        if not version or not (self.root / str(version) / "version.json").is_file():
+            return None
+        return {"version": version, "since": float(record.get("since") or 0.0)}
 
     def stage(self) -> Path:
         """A fresh staging folder for a run to write its checkpoint into."""
@@ -162,9 +180,41 @@ class LocalRegistry:
             raise PlatformError(f"Model version {version} is damaged: its weights do not match their checksum")
         return info
 
-    def set_active(self, version: str) -> None:
+    def set_active(self, version: str, since: float | None = None) -> None:
+        """Make ``version`` active; ``since`` (epoch seconds, default now) orders activations across machines."""
         self.get(version)
-        write_json_atomic(self._active_file, {"version": version, "since": time.time()})
+        write_json_atomic(self._active_file, {"version": version, "since": time.time() if since is None else since})
+
+    # Evaluations and promotion decisions live beside the versions (whose folders never change once written).
+    def _sidecar(self) -> dict:
+        try:
+            return json.loads((self.root / EVALUATIONS_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _update_sidecar(self, section: str, version: str, key: str | None, value: dict) -> None:
+        with self._locked():
+            data = self._sidecar()
+            entry = data.setdefault(section, {}).setdefault(version, {})
+            if key is None:
+                data[section][version] = value
+            else:
+                entry[key] = value
+            write_json_atomic(self.root / EVALUATIONS_FILE, data)
+
+    def score(self, version: str, set_digest: str) -> dict | None:
+        """A version's recorded score on an evaluation set (``{"accuracy", "images"}``), or None."""
+        return self._sidecar().get("scores", {}).get(version, {}).get(set_digest)
+
+    def record_score(self, version: str, set_digest: str, score: dict) -> None:
+        self._update_sidecar("scores", version, set_digest, score)
+
+    def promotion(self, version: str) -> dict | None:
+        """The promotion decision taken when ``version`` was trained (``promoted``, ``reason``, …), or None."""
+        return self._sidecar().get("promotions", {}).get(version)
+
+    def record_promotion(self, version: str, decision: dict) -> None:
+        self._update_sidecar("promotions", version, None, decision)
 
     def import_version(self, folder: Path, version: str) -> VersionInfo:
         """Copy a complete version folder (e.g. downloaded from the Hub) in under its own name."""

@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
-from labeling.export import FORMATS, push_export
-from labeling.store import open_store
+from labeling.export import FORMATS
 from settings import PlatformError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -42,19 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> None:
-    """Execute one parsed command, printing its output on stdout."""
-    if args.command == "export" and args.push and not (settings.hub_dataset_id and settings.hf_token):
-        raise PlatformError("--push needs HUB_DATASET_ID and HF_TOKEN to be set")
-    store = open_store(settings)
+    """Execute one parsed command through the engine, printing its output on stdout."""
+    from engine import Engine
+
+    engine = Engine(settings)
     try:
         if args.command == "stats":
-            print(json.dumps(store.stats(), indent=2, ensure_ascii=False))
+            print(json.dumps(engine.label_stats(), indent=2, ensure_ascii=False))
             return
-        counts = store.export(args.out, format=args.format)
+        counts = engine.export_labels(args.out, format=args.format, push=args.push)
     finally:
-        store.close()
-    if args.push:
-        counts["pushed_to"] = push_export(Path(counts["out_dir"]), args.format, settings)
+        engine.close()
     print(json.dumps(counts, indent=2, ensure_ascii=False))
 
 

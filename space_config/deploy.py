@@ -3,7 +3,7 @@
 ``python -m space_config deploy --space OWNER/NAME [--hardware zero-a10g] [--private] [--dry-run]``
 
 Creates the Gradio Space if needed, makes its files exactly the app's files (``app.py``,
-``settings.py``, ``engine.py`` if present, ``classifier/``, ``training/``, ``labeling/``, ``ui/``, plus this
+``settings.py``, ``engine.py`` if present, ``classifier/``, ``training/``, ``labeling/``, ``hub/``, ``ui/``, plus this
 folder's ``README.md`` and ``requirements.txt``; never ``data/``, ``tests/``, ``.venv/`` or hidden
 files), sets the secrets (``HF_TOKEN``, ``APP_USERS``) and public variables (``HUB_MODEL_ID``,
 ``HUB_DATASET_ID``, ``HF_ALLOWED_USERS``) from this shell's environment, and requests hardware.
@@ -19,19 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, SpaceHardware
-
-from classifier.hub import check_repo_id, hub_errors
+from hub.models import check_repo_id
+from hub.space import deploy
 from settings import PlatformError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_FILES = ("app.py", "settings.py", "engine.py")
-APP_PACKAGES = ("classifier", "training", "labeling", "ui")
+APP_PACKAGES = ("classifier", "training", "labeling", "hub", "ui")
 SKIPPED_SUFFIXES = {".pyc", ".pyo", ".pem", ".key", ".p12", ".sqlite", ".db"}
-KEPT_ON_SPACE = {".gitattributes"}
-"""Files already on the Space that a deploy never deletes."""
 
 
 @dataclass
@@ -114,26 +111,6 @@ def plan_deploy(space: str, settings: Settings, hardware: str | None = None, pri
     check_imports_shipped(files, root)
     check_no_secrets(files, secrets)
     return DeployPlan(space, files, secrets, variables, hardware, private)
-
-
-def deploy(plan: DeployPlan, token: str, endpoint: str | None = None) -> str:
-    """Create/update the Space as planned; returns the commit id of the uploaded files."""
-    api = HfApi(endpoint=endpoint, token=token)
-    with hub_errors(f"deploying to the Space {plan.space}", plan.space, token):
-        api.create_repo(plan.space, repo_type="space", space_sdk="gradio", private=plan.private, exist_ok=True)
-        stale = set(api.list_repo_files(plan.space, repo_type="space")) - set(plan.files) - KEPT_ON_SPACE
-        operations = [CommitOperationDelete(path) for path in sorted(stale)]
-        operations += [CommitOperationAdd(rel, str(path)) for rel, path in sorted(plan.files.items())]
-        info = api.create_commit(plan.space, repo_type="space", operations=operations,
-                                 commit_message=f"Deploy {len(plan.files)} files")
-        for key, value in plan.secrets.items():
-            api.add_space_secret(plan.space, key, value)
-        for key, value in plan.variables.items():
-            api.add_space_variable(plan.space, key, value)
-        if plan.hardware:
-            api.request_space_hardware(plan.space, SpaceHardware(plan.hardware))
-    logger.info("Deployed %d files to %s (%d removed)", len(plan.files), plan.space, len(stale))
-    return info.oid
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,12 +68,18 @@ def test_predict_cli_prints_one_json_line_per_image(cli_data, tmp_path):
     for i, (name, (color, kind)) in enumerate(sorted(CLASS_STYLES.items())):
         path = folder / ("sub" if i == 2 else "") / f"new_{name}.png"
         make_image(kind, color, seed=880 + i).save(path)
-        expected[path.name] = (name, hashlib.sha256(path.read_bytes()).hexdigest())
+        expected[str(path)] = (name, hashlib.sha256(path.read_bytes()).hexdigest())
+    # the same file name in two folders: told apart by the path as given on the command line
+    for sub, (name, (color, kind)) in zip(("a", "b"), sorted(CLASS_STYLES.items())):
+        path = folder / sub / "img_001.png"
+        path.parent.mkdir()
+        make_image(kind, color, seed=890 + len(expected)).save(path)
+        expected[str(path)] = (name, hashlib.sha256(path.read_bytes()).hexdigest())
     (folder / "notes.txt").write_text("ignored: not an image suffix")
     result = run("classifier", "predict", str(folder), "--top-k", "2", data_dir=data_dir)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(rows) == 3
+    assert len(rows) == 5 and {r["file"] for r in rows} == set(expected)
     for row in rows:
         assert set(row) == RESULT_FIELDS and row["model_version"] == "v1" and len(row["top_k"]) == 2
         label, digest = expected[row["file"]]
@@ -90,8 +96,8 @@ def test_predict_cli_reports_bad_images_and_exits_1(cli_data, tmp_path):
     result = run("classifier", "predict", str(good), str(bad), data_dir=data_dir)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert rows[0]["file"] == "good.jpg" and rows[0]["label"] == "circles"
-    assert rows[1]["file"] == "bad.jpg" and "not a readable image" in rows[1]["error"]
+    assert rows[0]["file"] == str(good) and rows[0]["label"] == "circles"
+    assert rows[1]["file"] == str(bad) and "not a readable image" in rows[1]["error"]
 
 
 def test_versions_and_activate_commands(cli_data, tmp_path):

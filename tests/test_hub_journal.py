@@ -9,7 +9,7 @@ import pytest
 from huggingface_hub import snapshot_download
 from PIL import Image
 
-from labeling.journal import LabelJournal
+from hub.journal import LabelJournal
 from settings import PlatformError
 from tests.hub_standin import HubStandin, isolate_hub_client, logged_text
 

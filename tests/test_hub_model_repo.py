@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from classifier.hub import HubModelRepo, PushQueue
+from hub.models import HubModelRepo, PushQueue
 from settings import PlatformError
 from tests.hub_standin import HubStandin, isolate_hub_client, logged_text
 

@@ -16,6 +16,7 @@ from settings import load_settings
 from test_classifier_pipeline import assert_pipeline_agrees, probe_images
 from training.config import TrainConfig
 from training.data import load_samples
+from training.evaluation import in_evaluation_split
 from training.run import train_version
 
 CLASSES = ["circles", "squares", "stripes"]
@@ -55,6 +56,10 @@ def test_versions_are_registered_in_order_and_the_last_is_active(trained):
     assert list((settings.models_dir / ".staging").iterdir()) == []
 
 
+def settings_dataset(settings):
+    return settings.data_dir.parent / "dataset"
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 def test_each_mode_writes_a_complete_version_folder(trained, mode):
     settings, results = trained
@@ -68,7 +73,12 @@ def test_each_mode_writes_a_complete_version_folder(trained, mode):
 
     metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics) >= METRIC_KEYS
-    assert metrics["train_size"] + metrics["val_size"] >= 30 and metrics["val_size"] == 6
+    # The validation split is every readable image whose sha256 falls below val_fraction (0.2), minus any a
+    # class needs to keep a training image: the same images in every mode.
+    readable = [s for s in load_samples(settings_dataset(settings)).samples if s.name != "cut.jpg"]
+    held_out = [s for s in readable if in_evaluation_split(s.sha256, 0.2)]
+    assert metrics["train_size"] + metrics["val_size"] == len(readable)
+    assert metrics["val_size"] == len(held_out) - len(metrics["eval_kept_for_training"]) > 0
     assert sum(map(sum, metrics["confusion_matrix"])) == metrics["val_size"]
     assert set(metrics["per_class"]) == set(CLASSES)
     assert sum(row["support"] for row in metrics["per_class"].values()) == metrics["val_size"]

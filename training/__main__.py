@@ -1,9 +1,12 @@
-"""``python -m training``: train on a dataset, register the result as the next version and activate it.
+"""``python -m training``: train on a dataset, register the result as the next version, and activate it if it
+passes the promotion gate (not worse than the active version on the same evaluation images).
 
-Prints progress on stderr and one JSON object (version, metrics summary) as the last line of stdout.
+Prints progress on stderr and one JSON object (version, metrics summary, promoted, reason) as the last line
+of stdout.
 """
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import sys
@@ -14,7 +17,7 @@ from transformers import HfArgumentParser
 
 from settings import PlatformError, Settings, get_settings
 from training.config import TrainConfig
-from training.data import LoadedData, Sample, load_samples, merge_samples
+from training.progress import ProgressEvent
 
 log = logging.getLogger("training")
 
@@ -23,47 +26,54 @@ log = logging.getLogger("training")
 class RunArgs:
     data: str | None = field(default=None, metadata={"help": "class-per-folder directory, .zip of one, saved `datasets` folder, or Hub dataset id (default: $DATASET)"})
     with_labels: bool = field(default=False, metadata={"help": "also train on every human label in the labelling store (overriding dataset labels)"})
-    no_activate: bool = field(default=False, metadata={"help": "register the version without making it active"})
+    no_activate: bool = field(default=False, metadata={"help": "register the version without making it active "
+                                                               "(without it, the version goes live only if it is not worse "
+                                                               "than the active one on the same evaluation images)"})
 
 
 def train_from_sources(settings: Settings, config: TrainConfig, data: str | None, with_labels: bool,
-                       activate: bool = True, show_progress: bool = False) -> dict:
-    """Dataset (+ every human label in the store) → a new registered version; returns ``{version, metrics}``."""
-    base = load_samples(data) if data else LoadedData([])
-    human: list[Sample] = []
-    if with_labels:
-        from labeling.store import open_store
-        store = open_store(settings)  # the running app's database when it is up, else our own
-        try:
-            human = [Sample(li.sha256, li.label, li.name, li.read) for li in store.labelled_samples()]
-            samples = merge_samples(base.samples, human)
-            return _train(settings, config, samples, base, data, activate, show_progress)
-        finally:
-            store.close()
-    return _train(settings, config, base.samples, base, data, activate, show_progress)
+                       activate: bool = True, show_progress: bool = False, user: str | None = None) -> dict:
+    """Dataset (+ every human label in the store) → a new registered version through the engine, the same
+    path as the app's Train button; returns ``{version, metrics, promoted, reason, …}``. The version goes
+    live only if it passes the promotion gate (never with ``activate=False``)."""
+    from engine import Engine
 
-
-def _train(settings, config, samples, base, data, activate, show_progress) -> dict:
-    from classifier.registry import LocalRegistry
-    from training.run import train_version
-
-    if not samples:
+    if not data and not with_labels:
         raise PlatformError("No training data: pass --data DIR (or set DATASET), or use --with-labels")
+    engine = Engine(settings)
     bar = tqdm(total=1000, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed} {postfix}") if show_progress else None
 
-    def report(fraction: float, message: str) -> None:
-        bar.n = int(fraction * 1000)
-        bar.set_postfix_str(message[:60])
+    def report(event: ProgressEvent) -> None:
+        bar.n = int(event.fraction * 1000)
+        bar.set_postfix_str(event.message[:60])
         bar.refresh()
-        log.info("%s", message)
 
     try:
-        return train_version(samples, config, settings, LocalRegistry(settings.models_dir),
-                             report=report if bar else None, activate=activate, skipped=base.skipped,
-                             dataset_name=data)
+        params = {k: v for k, v in config.to_dict().items() if v is not None}
+        result = engine.retrain(params, user=user or _login_name(), on_progress=report if bar else None,
+                                data=data or "", human_labels=with_labels, promote=activate)
+        hub = engine.wait_for_hub(result["version"])
+        if hub is not None:
+            result["hub"] = hub
+            if hub.get("state") != "pushed":
+                print(f"warning: {result['version']} was not pushed to the Hub: {hub.get('reason')}", file=sys.stderr)
+        return result
+    except KeyboardInterrupt:
+        engine.cancel_training("the command line (interrupted)")
+        engine.wait_for_training(timeout=60)
+        raise
     finally:
         if bar is not None:
             bar.close()
+        engine.close()
+
+
+def _login_name() -> str:
+    """Who runs the command, for the version's "trained by" (``cli`` when the system cannot tell)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "cli"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,29 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; nothing was registered", file=sys.stderr)
         return 130
-    if settings.hub_model_id and settings.hf_token:
-        result["hub"] = push_to_hub(settings, result["version"], activate=not run_args.no_activate)
     print(json.dumps(result, ensure_ascii=False))
     return 0
-
-
-def push_to_hub(settings: Settings, version: str, activate: bool) -> dict:
-    """Push a new version to ``HUB_MODEL_ID`` (and record it as active there); a failure is reported, not fatal:
-    the version is registered locally either way and the app's Models tab can push it again."""
-    from classifier.hub import HubModelRepo
-    from classifier.publish import commit_message
-    from classifier.registry import LocalRegistry
-
-    info = LocalRegistry(settings.models_dir).get(version)
-    repo = HubModelRepo(settings.hub_model_id, settings.hf_token, endpoint=settings.hub_endpoint, private=True)
-    try:
-        commit = repo.push_version(info.path, version, commit_message(version, info.info, info.metrics()))
-        if activate:
-            repo.write_active(version)
-        return {"state": "pushed", "commit": commit}
-    except PlatformError as exc:
-        print(f"warning: {version} was not pushed to the Hub: {exc}", file=sys.stderr)
-        return {"state": "failed", "reason": str(exc)}
 
 
 if __name__ == "__main__":

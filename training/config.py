@@ -19,8 +19,8 @@ class TrainConfig:
     lr: float | None = field(default=None, metadata={"help": "learning rate (default: head 3e-3, finetune 1e-4, scratch 2e-3)"})
     batch_size: int | None = field(default=None, metadata={"help": "images per step (default: head 256, finetune 32, scratch 64)"})
     epochs: int | None = field(default=None, metadata={"help": "passes over the training set (default: head 60, finetune 3, scratch 10)"})
-    val_fraction: float = field(default=0.2, metadata={"help": "share of each class held out for validation metrics (0–0.5)"})
-    seed: int = field(default=0, metadata={"help": "random seed for the split, initialisation and augmentation"})
+    val_fraction: float = field(default=0.2, metadata={"help": "share of images held out for validation and for comparing versions, chosen by sha256 so every run holds out the same images (0–0.5)"})
+    seed: int = field(default=0, metadata={"help": "random seed for initialisation and augmentation (the validation split is fixed by each image's sha256)"})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing factor (0–0.5)"})
     unfreeze_blocks: int = field(default=4, metadata={"help": "finetune: how many of the backbone's last blocks to train (-1 = all)"})
@@ -89,7 +89,8 @@ class TrainConfig:
                 raise PlatformError(f"Unknown training parameter {name!r}")
             if raw is None or raw == "":
                 continue
-            kwargs[name] = _coerce(name, raw, str(types[name]))
+            kind = types[name]
+            kwargs[name] = _coerce(name, raw, kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind)))
         return cls(**kwargs)
 
     def to_dict(self) -> dict:

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-Report = Callable[[float, str], None]
+from training.progress import ProgressEvent, Report
 
 
 def train_linear_head(x: np.ndarray, y: np.ndarray, num_classes: int, *, lr: float, batch_size: int,
@@ -48,7 +48,8 @@ def train_linear_head(x: np.ndarray, y: np.ndarray, num_classes: int, *, lr: flo
             total += loss.item() * len(idx)
         curve.append({"epoch": epoch + 1, "loss": round(total / len(feats), 5)})
         if report:
-            report((epoch + 1) / epochs, f"head epoch {epoch + 1}/{epochs} · loss {curve[-1]['loss']:.4f}")
+            report(ProgressEvent((epoch + 1) / epochs, f"head epoch {epoch + 1}/{epochs} · loss {curve[-1]['loss']:.4f}",
+                                 step=(epoch + 1) * steps_per_epoch, epoch=epoch + 1, loss=curve[-1]["loss"]))
         if (should_stop and should_stop()) or (max_seconds and time.monotonic() - started > max_seconds):
             break
     with torch.no_grad():

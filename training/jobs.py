@@ -1,6 +1,7 @@
-"""Training as a server-side job: one at a time, in a worker thread, with pollable progress.
+"""Training as a server-side job: one at a time, in a worker thread, with typed progress and a stop switch.
 
-A browser tab that closes does not cut a run short; a second request while one runs is refused clearly.
+A browser tab that closes does not cut a run short; a second request while one runs is refused with a
+message naming who is training and how far it is; a stopped run registers nothing.
 """
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from settings import PlatformError
+from training.progress import Cancelled, ProgressEvent, Report
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +30,29 @@ class Job:
     finished: float | None = None
     result: dict | None = None
     error: str | None = None
-    losses: list[float] = field(default_factory=list)
+    events: list[ProgressEvent] = field(default_factory=list)
+    """Every event that carried a loss (the live loss curve), oldest first."""
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    cancelled_by: str | None = None
 
     def snapshot(self) -> dict:
+        """A JSON-able copy: id, state, progress (0–1), message, user, params, times (epoch seconds), result,
+        error, losses ([{step, epoch, loss}]), cancelled_by."""
         return {"id": self.id, "state": self.state, "progress": round(self.progress, 3), "message": self.message,
                 "user": self.user, "params": self.params, "started": self.started, "finished": self.finished,
-                "result": self.result, "error": self.error, "losses": list(self.losses)}
+                "result": self.result, "error": self.error, "cancelled_by": self.cancelled_by,
+                "losses": [{k: v for k, v in asdict(e).items() if k in ("step", "epoch", "loss")} for e in self.events]}
+
+    def describe(self) -> str:
+        """``alice's head run, 40% done (step 12/30 · loss 0.4)``."""
+        return f"{self.user}'s {self.params.get('mode', 'head')} run, {self.progress:.0%} done ({self.message or 'starting'})"
 
 
 class TrainingJobs:
     """Runs ``run(params, report, should_stop) -> result`` jobs one at a time."""
 
-    def __init__(self, run: Callable[[dict, Callable[[float, str], None], Callable[[], bool]], dict]):
+    def __init__(self, run: Callable[..., dict]):
+        """``run(params, report, should_stop, **options)`` does the work of one job and returns its result."""
         self._run = run
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
@@ -51,32 +63,43 @@ class TrainingJobs:
         with self._lock:
             return self._current
 
-    def start(self, params: dict, user: str = "anonymous") -> Job:
+    def start(self, params: dict, user: str = "anonymous", options: dict | None = None) -> Job:
+        """Start a job in a worker thread (``options`` go to ``run`` as keywords); PlatformError if one is
+        already running (naming who and how far)."""
         with self._lock:
             if self._current is not None:
-                raise PlatformError(f"A training run is already in progress (started by {self._current.user}, "
-                                    f"{self._current.progress:.0%} done); try again when it finishes")
+                raise PlatformError(f"Training is busy with {self._current.describe()}. Your run was not started; "
+                                    "try again when it finishes, or stop it first")
             job = Job(uuid.uuid4().hex[:12], params, user)
             self._jobs[job.id] = job
             self._current = job
-        threading.Thread(target=self._work, args=(job,), name=f"train-{job.id}", daemon=True).start()
+        threading.Thread(target=self._work, args=(job, options or {}), name=f"train-{job.id}", daemon=True).start()
         return job
 
-    def _work(self, job: Job) -> None:
+    def cancel(self, user: str, job_id: str | None = None) -> Job:
+        """Ask the running job (or ``job_id``) to stop; it ends as ``cancelled`` and registers nothing."""
+        with self._lock:
+            job = self._jobs.get(job_id) if job_id else self._current
+            if job is None or job.finished is not None:
+                raise PlatformError("No training run is going on" if not job_id else f"Training job {job_id} has already ended")
+            job.cancelled_by = user
+            job.cancel.set()
+        return job
+
+    def _work(self, job: Job, options: dict) -> None:
         job.state = "running"
 
-        def report(fraction: float, message: str) -> None:
-            job.progress, job.message = max(job.progress, min(fraction, 1.0)), message
-            if "loss " in message:
-                try:
-                    job.losses.append(float(message.rsplit("loss ", 1)[1].split()[0]))
-                except ValueError:
-                    pass
+        def report(event: ProgressEvent) -> None:
+            job.progress, job.message = max(job.progress, min(event.fraction, 1.0)), event.message
+            if event.loss is not None:
+                job.events.append(event)
 
         try:
-            job.result = self._run(job.params, report, job.cancel.is_set)
+            job.result = self._run(job.params, report, job.cancel.is_set, **options)
             job.state, job.progress = "done", 1.0
             job.message = f"trained {job.result.get('version')}"
+        except Cancelled:
+            job.state, job.error = "cancelled", f"Stopped by {job.cancelled_by}; nothing was registered"
         except PlatformError as exc:
             job.state, job.error = "failed", str(exc)
         except Exception as exc:  # a bug must not kill the worker silently; the user sees a short reason

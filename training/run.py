@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import errno
 import functools
 import hashlib
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,11 +23,12 @@ from training import trainer
 from training.checkpoint import card_writer, write_run_files
 from training.config import TrainConfig
 from training.data import Sample
+from training.evaluation import split
 from training.head import final_linear, train_linear_head
 from training.metrics import classification_metrics
+from training.progress import Cancelled, ProgressEvent, Report, ignore, part_of
 
 log = logging.getLogger(__name__)
-Report = Callable[[float, str], None]
 _EMBED_CHUNK = 512
 
 
@@ -58,13 +59,16 @@ def _set_resolution(processor, resolution: int | None) -> None:
             processor.crop_size = {"height": resolution, "width": resolution}
 
 
-def embed_samples(embedder: Embedder, samples: list[Sample], report: Report | None = None
-                  ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Features for samples, reading image bytes only for those not yet in the cache, chunk by chunk."""
+def embed_samples(embedder: Embedder, samples: list[Sample], report: Report | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Features for samples, reading image bytes only for those not yet in the cache, chunk by chunk;
+    raises Cancelled between chunks once ``should_stop()`` is true."""
     cached = embedder.cache.get_many([s.sha256 for s in samples]) if embedder.cache is not None else {}
     missing = list({s.sha256: s for s in samples if s.sha256 not in cached}.values())
     errors: dict[str, str] = {}
     for start in range(0, len(missing), _EMBED_CHUNK):
+        if should_stop is not None and should_stop():
+            raise Cancelled()
         chunk = missing[start:start + _EMBED_CHUNK]
         inputs = []
         for s in chunk:
@@ -76,23 +80,9 @@ def embed_samples(embedder: Embedder, samples: list[Sample], report: Report | No
         cached.update(feats)
         errors.update(failed)
         if report:
-            report(min(1.0, (start + len(chunk)) / len(missing)), f"embedded {start + len(chunk)}/{len(missing)} new images")
+            report(ProgressEvent(min(1.0, (start + len(chunk)) / len(missing)),
+                                 f"embedded {start + len(chunk)}/{len(missing)} new images"))
     return cached, errors
-
-
-def split(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Stratified split; every class keeps at least one training image."""
-    rng = random.Random(seed)
-    by_class: dict[str, list[Sample]] = {}
-    for s in sorted(samples, key=lambda s: s.sha256):
-        by_class.setdefault(s.label, []).append(s)
-    train, val = [], []
-    for items in by_class.values():
-        rng.shuffle(items)
-        n_val = min(int(len(items) * val_fraction), len(items) - 1)
-        val += items[:n_val]
-        train += items[n_val:]
-    return train, val
 
 
 def check_classes(samples: list[Sample], skipped: dict[str, int] | None = None) -> list[str]:
@@ -154,20 +144,23 @@ def train_version(samples: list[Sample], config: TrainConfig, settings: Settings
                   activate: bool = True, dataset_name: str | None = None, skipped: dict | None = None,
                   extra_info: dict | None = None) -> dict:
     """Train on ``samples``, register the result as the next version, activate it; returns
-    ``{"version", "metrics"}`` (metrics summary). Nothing is registered if anything fails."""
-    report = report or (lambda f, m: None)
+    ``{"version", "metrics"}`` (metrics summary). Nothing is registered if anything fails or if
+    ``should_stop()`` turns true before the version is registered (then Cancelled is raised)."""
+    report = report or ignore
+    stop = should_stop or (lambda: False)
     started = time.monotonic()
     check_classes(samples)
     staged = None
     try:
         staged = registry.stage()
-        result = _MODES[config.mode](samples, config, settings, staged, report, should_stop)
-        info, metrics = result
+        info, metrics = _MODES[config.mode](samples, config, settings, staged, report, stop)
+        if stop():
+            raise Cancelled()
         metrics.update(wall_time_s=round(time.monotonic() - started, 2), skipped=dict(skipped or {}, **metrics.get("skipped", {})))
         info.update(extra_info or {}, mode=config.mode, dataset=dataset_name, classes=metrics["labels"])
         params = config.to_dict()
         write_run_files(staged, metrics, params)
-        report(0.99, "registering the new version")
+        report(ProgressEvent(0.99, "registering the new version"))
         version = registry.register(staged, info, finalize=card_writer(info, metrics, params))
     except BaseException as exc:
         if staged is not None:
@@ -189,26 +182,30 @@ def _out_of_space(exc: BaseException) -> bool:
 
 
 def summary(metrics: dict) -> dict:
-    keys = ("accuracy", "macro_f1", "ece", "train_size", "val_size", "evaluated_on", "wall_time_s", "labels", "skipped")
+    keys = ("accuracy", "macro_f1", "ece", "train_size", "val_size", "evaluated_on", "wall_time_s", "labels", "skipped",
+            "warnings")
     return {k: metrics.get(k) for k in keys}
 
 
-def _embedded_split(samples, config, settings, report, fm):
+def _embedded_split(samples, config, settings, report, fm, should_stop):
     """Embed through the cache, drop undecodable images, split; shared by head and finetune."""
     embedder = Embedder(fm, EmbeddingCache(settings.embeddings_dir, fm.cache_key), settings.max_image_pixels)
-    feats, _ = embed_samples(embedder, samples, lambda f, m: report(0.05 + 0.45 * f, m))
+    feats, _ = embed_samples(embedder, samples, part_of(report, 0.05, 0.45), should_stop)
     usable, skipped = drop_unreadable(samples, set(feats))
     labels = check_classes(usable, skipped)
-    train, val = split(usable, config.val_fraction, config.seed)
+    parts = split(usable, config.val_fraction)
     index = {name: i for i, name in enumerate(labels)}
-    return feats, train, val, labels, index, skipped
+    return feats, parts, labels, index, skipped
 
 
-def _evaluate(fm: FeatureModel, feats, train, val, index, labels) -> dict:
-    evaluated = val or train
+def _evaluate(fm: FeatureModel, feats, parts, index, labels) -> dict:
+    evaluated = parts.val or parts.train
     x = np.stack([feats[s.sha256] for s in evaluated])
     metrics = classification_metrics(np.array([index[s.label] for s in evaluated]), _probs(fm, x), labels)
-    metrics.update(train_size=len(train), val_size=len(val), evaluated_on="validation" if val else "train")
+    metrics.update(train_size=len(parts.train), val_size=len(parts.val),
+                   evaluated_on="validation" if parts.val else "train", eval_kept_for_training=parts.kept_for_training,
+                   warnings=list(parts.warnings) + ([] if parts.val else
+                                                    ["no validation images: the metrics are on the training images"]))
     return metrics
 
 
@@ -226,12 +223,12 @@ def _fit_head(feats, train, index, labels, config, report, should_stop):
 def _train_head(samples, config, settings, staged, report, should_stop):
     backbone = resolve_backbone(config.backbone or settings.backbone, settings.backbones_dir)
     fm = _backbone(backbone, config.resolution)
-    feats, train, val, labels, index, skipped = _embedded_split(samples, config, settings, report, fm)
-    weight, bias, curve = _fit_head(feats, train, index, labels, config, lambda f, m: report(0.5 + 0.45 * f, m), should_stop)
+    feats, parts, labels, index, skipped = _embedded_split(samples, config, settings, report, fm, should_stop)
+    weight, bias, curve = _fit_head(feats, parts.train, index, labels, config, part_of(report, 0.5, 0.45), should_stop)
     model = _set_head(copy.deepcopy(fm.model), labels, weight, bias)
     head_fm = FeatureModel(model, None, fm.backbone_id)
     head_fm.resolution, head_fm.mean, head_fm.std = fm.resolution, fm.mean, fm.std
-    metrics = _evaluate(head_fm, feats, train, val, index, labels)
+    metrics = _evaluate(head_fm, feats, parts, index, labels)
     metrics.update(loss_curve=curve, skipped=skipped)
     model.save_pretrained(staged)
     _processor_for(backbone, config.resolution).save_pretrained(staged)
@@ -248,7 +245,8 @@ def _processor_for(backbone: str, resolution: int | None):
 def _train_finetune(samples, config, settings, staged, report, should_stop):
     backbone = resolve_backbone(config.backbone or settings.backbone, settings.backbones_dir)
     fm = _backbone(backbone, config.resolution)
-    feats, train, val, labels, index, skipped = _embedded_split(samples, config, settings, report, fm)
+    feats, parts, labels, index, skipped = _embedded_split(samples, config, settings, report, fm, should_stop)
+    train = parts.train
     weight, bias, _ = _fit_head(feats, train, index, labels, config, None, should_stop)  # warm start
     model, _ = load_model_and_processor(backbone)
     model = _set_head(model, labels, weight, bias)
@@ -257,8 +255,8 @@ def _train_finetune(samples, config, settings, staged, report, should_stop):
     log.info("finetune: %d trainable parameters", trainable)
     dataset = trainer.ImageDataset(train, [index[s.label] for s in train], fm.resolution, fm.mean, fm.std,
                                    config.augment, settings.max_image_pixels, config.seed, config.min_crop)
-    curve = trainer.fit(model, dataset, config, lambda f, m: report(0.5 + 0.45 * f, m), should_stop)
-    return _save_and_evaluate(model, _processor_for(backbone, config.resolution), staged, samples, train, val,
+    curve = trainer.fit(model, dataset, config, part_of(report, 0.5, 0.45), should_stop)
+    return _save_and_evaluate(model, _processor_for(backbone, config.resolution), staged, parts,
                               labels, index, settings, curve, skipped, {"backbone": config.backbone or settings.backbone or "bundled"})
 
 
@@ -266,34 +264,35 @@ def _train_scratch(samples, config, settings, staged, report, should_stop):
     unique = {s.sha256: s for s in samples}.values()
     samples, skipped = drop_unreadable(samples, {s.sha256 for s in unique if _readable(s, settings.max_image_pixels)})
     labels = check_classes(samples, skipped)
-    train, val = split(samples, config.val_fraction, config.seed)
+    parts = split(samples, config.val_fraction)
+    train = parts.train
     index = {name: i for i, name in enumerate(labels)}
     model, processor = trainer.build_scratch_model(config, labels)
     dataset = trainer.ImageDataset(train, [index[s.label] for s in train], config.resolution, processor.image_mean,
                                    processor.image_std, config.augment, settings.max_image_pixels, config.seed,
                                    config.min_crop)
-    curve = trainer.fit(model, dataset, config, lambda f, m: report(0.05 + 0.9 * f, m), should_stop)
-    return _save_and_evaluate(model, processor, staged, samples, train, val, labels, index, settings, curve, skipped,
+    curve = trainer.fit(model, dataset, config, part_of(report, 0.05, 0.9), should_stop)
+    return _save_and_evaluate(model, processor, staged, parts, labels, index, settings, curve, skipped,
                               {"backbone": f"scratch ({config.filters} filters, {config.filter_size}px kernels, depth {config.depth})"})
 
 
-def _save_and_evaluate(model, processor, staged, samples, train, val, labels, index, settings, curve, skipped, info):
+def _save_and_evaluate(model, processor, staged, parts, labels, index, settings, curve, skipped, info):
     model.eval()
     model.save_pretrained(staged)
     processor.save_pretrained(staged)
     fm = FeatureModel(model, processor, f"w{weights_digest(model.base_model)}")
     embedder = Embedder(fm, EmbeddingCache(settings.embeddings_dir, fm.cache_key), settings.max_image_pixels)
-    feats, errors = embed_samples(embedder, val)
-    val_ok = [s for s in val if s.sha256 in feats]
+    feats, errors = embed_samples(embedder, parts.val)
+    val_ok = [s for s in parts.val if s.sha256 in feats]
     if not val_ok:  # tiny data: no validation split, so report on the training images (labelled as such)
-        feats, errors = embed_samples(embedder, train)
-    train_ok = [s for s in train if s.sha256 in feats] if not val_ok else train
+        feats, errors = embed_samples(embedder, parts.train)
+    train_ok = [s for s in parts.train if s.sha256 in feats] if not val_ok else parts.train
     if not val_ok and not train_ok:
         raise PlatformError("None of the images could be decoded; nothing to evaluate")
-    metrics = _evaluate(fm, feats, train_ok, val_ok, index, labels)
+    metrics = _evaluate(fm, feats, dataclasses.replace(parts, train=train_ok, val=val_ok), index, labels)
     if errors:
         skipped = dict(skipped, **{"undecodable image": len(errors)})
-    metrics.update(loss_curve=curve, skipped=skipped, train_size=len(train))
+    metrics.update(loss_curve=curve, skipped=skipped, train_size=len(parts.train))
     return dict(info, backbone_id=fm.backbone_id), metrics
 
 

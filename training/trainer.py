@@ -21,6 +21,7 @@ from classifier.images import ImageInput, decode, resize_center_crop, to_array
 from settings import PlatformError
 from training.config import TrainConfig
 from training.data import Sample
+from training.progress import ProgressEvent
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,9 @@ class _Progress(TrainerCallback):
         if logs and "loss" in logs:
             self.curve.append({"epoch": round(float(state.epoch or 0), 3), "loss": round(float(logs["loss"]), 5)})
             if self.report:
-                self.report(state.global_step / max(state.max_steps, 1),
-                            f"step {state.global_step}/{state.max_steps} · loss {logs['loss']:.4f}")
+                self.report(ProgressEvent(state.global_step / max(state.max_steps, 1),
+                                          f"step {state.global_step}/{state.max_steps} · loss {logs['loss']:.4f}",
+                                          step=state.global_step, epoch=float(state.epoch or 0), loss=float(logs["loss"])))
 
     def on_step_end(self, args, state, control, **kwargs):
         over_time = self.max_seconds and time.monotonic() - self.started > self.max_seconds

@@ -1,5 +1,5 @@
 """The public endpoints for ``gradio_client``, each with an explicit ``api_name``:
-``/predict`` ``/save_labels`` ``/retrain`` ``/models`` ``/activate`` ``/status``. Writes check the caller."""
+``/predict`` ``/save_labels`` ``/retrain`` ``/cancel`` ``/models`` ``/activate`` ``/status``. Writes check the caller."""
 from __future__ import annotations
 
 import gradio as gr
@@ -9,7 +9,7 @@ from ui.errors import user_errors
 
 
 def register_api(engine: Engine, h, api_btn, api_files, api_out) -> None:
-    """The public endpoints for gradio_client: /predict /save_labels /retrain /models /activate /status."""
+    """The public endpoints for gradio_client: /predict /save_labels /retrain /cancel /models /activate /status."""
     api_btn.click(user_errors(h.api_predict), api_files, api_out, api_name="predict",
                   concurrency_id="predict", concurrency_limit=2)
 
@@ -24,11 +24,18 @@ def register_api(engine: Engine, h, api_btn, api_files, api_out) -> None:
     def retrain(mode: str = "head", lr: float | None = None, batch_size: int | None = None, epochs: int | None = None,
                 val_fraction: float = 0.2, unfreeze_blocks: int = 4, filters: int = 32, filter_size: int = 3,
                 depth: int = 3, request: gr.Request = None) -> dict:
-        """Train on DATASET + every human label, register and activate the new version → {version, metrics}."""
+        """Train on DATASET + every human label and register the new version; it goes live only if it is not
+        worse than the active one on the same held-out images → {version, metrics, promoted, reason, started_by,
+        compared_on, warnings}. Refused with who is training and how far while another run is going."""
         user = h.writer(None, request)
         params = {"mode": mode, "lr": lr, "batch_size": batch_size, "epochs": epochs, "val_fraction": val_fraction,
                   "unfreeze_blocks": unfreeze_blocks, "filters": filters, "filter_size": filter_size, "depth": depth}
         return engine.retrain({k: v for k, v in params.items() if v is not None}, user=user)
+
+    @user_errors
+    def cancel(request: gr.Request = None) -> dict:
+        """Stop the running training job; it registers nothing → the job's {id, state, user, progress, …}."""
+        return engine.cancel_training(user=h.writer(None, request))
 
     def models() -> list[dict]:
         """Every version with its metrics: [{version, active, created, metrics}]."""
@@ -45,7 +52,8 @@ def register_api(engine: Engine, h, api_btn, api_files, api_out) -> None:
         return engine.status()
 
     gr.api(save_labels, api_name="save_labels")
-    gr.api(retrain, api_name="retrain", concurrency_id="train", concurrency_limit=1)
+    gr.api(retrain, api_name="retrain", concurrency_id="train", concurrency_limit=8)
+    gr.api(cancel, api_name="cancel", concurrency_limit=None)
     gr.api(models, api_name="models")
     gr.api(activate, api_name="activate")
     gr.api(status, api_name="status", concurrency_limit=None)

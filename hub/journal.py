@@ -31,7 +31,7 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, CommitScheduler, HfApi
 from PIL import Image
 
-from classifier.hub import check_repo_id, hub_errors
+from hub.models import check_repo_id, hub_errors
 from classifier.registry import fsync_dir
 from settings import PlatformError
 

@@ -195,6 +195,12 @@ class HubModelRepo:
 
     def read_active(self) -> str | None:
         """The version recorded in ``active.json`` on ``main``, or None when there is none yet."""
+        record = self.read_active_record()
+        return record["version"] if record else None
+
+    def read_active_record(self) -> dict | None:
+        """``{"version", "activated_at"}`` from ``active.json`` on ``main`` (``activated_at``: when it was
+        activated, epoch seconds; 0 when an older file lacks it), or None when there is none yet."""
         url = hf_hub_url(self.repo_id, ACTIVE_FILE, revision="main", endpoint=self._api.endpoint)
         with self._errors(f"reading the active version of {self.repo_id}"), tempfile.TemporaryDirectory() as cache:
             try:
@@ -205,20 +211,25 @@ class HubModelRepo:
             path = self._api.hf_hub_download(self.repo_id, ACTIVE_FILE, revision=commit, cache_dir=cache)
             text = Path(path).read_text(encoding="utf-8")
         try:
-            version = json.loads(text).get("version")
-        except (ValueError, AttributeError):
+            record = json.loads(text)
+            version = record.get("version")
+            activated_at = float(record.get("activated_at") or 0.0)
+        except (ValueError, AttributeError, TypeError):
             version = None
         if not isinstance(version, str) or not VERSION_PATTERN.match(version):
             logger.warning("Ignoring malformed %s in %s", ACTIVE_FILE, self.repo_id)
             return None
-        return version
+        return {"version": version, "activated_at": activated_at}
 
-    def write_active(self, version: str) -> str:
-        """Record ``version`` (an existing tag) as the active one; returns the commit id."""
+    def write_active(self, version: str, activated_at: float | None = None) -> str:
+        """Record ``version`` (an existing tag) as the active one, activated at ``activated_at`` (epoch seconds,
+        default now); returns the commit id."""
         check_version(version)
         if version not in self.list_versions():
             raise PlatformError(f"{version} is not a version in {self.repo_id}")
-        payload = json.dumps({"version": version, "updated": dt.datetime.now(dt.timezone.utc).isoformat()}, indent=2)
+        now = dt.datetime.now(dt.timezone.utc)
+        payload = json.dumps({"version": version, "updated": now.isoformat(),
+                              "activated_at": now.timestamp() if activated_at is None else activated_at}, indent=2)
         with self._errors(f"recording {version} as active in {self.repo_id}"):
             info = self._api.create_commit(
                 self.repo_id, operations=[CommitOperationAdd(ACTIVE_FILE, payload.encode())],

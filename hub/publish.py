@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from pathlib import Path
 
 from huggingface_hub.errors import RepositoryNotFoundError
 
-from classifier.hub import HubModelRepo, PushQueue
+from hub.models import HubModelRepo, PushQueue
 from classifier.live import LiveModel
 from classifier.registry import LocalRegistry
 from settings import PlatformError, Settings
@@ -38,6 +39,7 @@ class ModelPublisher:
         self.queue = PushQueue(self.repo, attempts=attempts, backoff_s=backoff_s) if settings.hf_token else None
         self.hub_error: str | None = None
         self._lock = threading.Lock()
+        self._recorders: list[threading.Thread] = []
 
     def publish(self, version: str) -> None:
         """Queue a background push of a registered version (never blocks)."""
@@ -68,16 +70,24 @@ class ModelPublisher:
             self.registry.discard(folder)
 
     def sync(self) -> str | None:
-        """Serve the Hub's active version (downloading it if needed); returns it, or None if the Hub has none.
-
-        Failures are recorded in ``hub_error`` and logged; they never raise.
-        """
+        """Serve the newest activation: the Hub's active version (downloading it if needed), unless this
+        machine activated another one later, which is then recorded on the Hub. Returns the version served,
+        or None if neither has one. Failures are recorded in ``hub_error`` and logged; they never raise."""
         try:
-            version = self.repo.read_active() or (self.repo.list_versions() or [None])[-1]
+            record = self.repo.read_active_record()
+            local = self.registry.active_record()
+            if local and (record is None or (local["since"] > record["activated_at"] and local["version"] != record["version"])):
+                if record is not None or self.repo.list_versions():
+                    log.info("Keeping %s: activated here after the Hub's %s", local["version"], record and record["version"])
+                    self.record_active(local["version"])
+                self.hub_error = None
+                return local["version"]
+            version = record["version"] if record else (self.repo.list_versions() or [None])[-1]
             if version:
                 self._fetch(version)
-                if self.registry.active() != version or self.live.current() is None or self.live.current().version != version:
-                    self.live.activate(version)
+                current = self.live.current()
+                if self.registry.active() != version or current is None or current.version != version:
+                    self.live.activate(version, since=record["activated_at"] if record else None)
             self.hub_error = None
             return version
         except PlatformError as exc:
@@ -99,19 +109,35 @@ class ModelPublisher:
         self.record_active(version)
 
     def record_active(self, version: str) -> None:
-        """Write ``active.json`` on the Hub in the background (after pending pushes), so another app follows."""
+        """Write ``active.json`` on the Hub in the background (after pending pushes), so another app follows;
+        it carries this machine's activation time, so the newest activation wins everywhere."""
         if self.queue is not None:
-            threading.Thread(target=self._record_active, args=(version,), daemon=True).start()
+            record = self.registry.active_record()
+            since = record["since"] if record and record["version"] == version else None
+            thread = threading.Thread(target=self._record_active, args=(version, since), daemon=True)
+            self._recorders.append(thread)
+            thread.start()
 
-    def _record_active(self, version: str) -> None:
+    def _record_active(self, version: str, since: float | None) -> None:
         with self._lock:
             try:
                 if self.queue is not None:
                     self.queue.wait(timeout=120)  # the tag must exist before active.json names it
-                self.repo.write_active(version)
+                self.repo.write_active(version, activated_at=since)
             except PlatformError as exc:
                 self.hub_error = f"Could not record the active version on the Hub: {exc}"
                 log.warning("%s", self.hub_error)
+
+    def wait(self, version: str, timeout: float) -> dict | None:
+        """Wait up to ``timeout`` seconds for pending pushes and active-version records; returns ``version``'s
+        push state (``{"state", "reason"?}``) or None when pushing is off."""
+        if self.queue is None:
+            return None
+        deadline = time.monotonic() + timeout
+        self.queue.wait(timeout=timeout)
+        for thread in list(self._recorders):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return self.queue.statuses().get(version)
 
     def hub_versions(self) -> list[str]:
         try:
