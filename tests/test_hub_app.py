@@ -128,3 +128,35 @@ def test_training_cli_pushes_the_new_version(hub, settings, dataset_dir):
     repo = hub.repo(MODEL_REPO)
     assert "v1" in repo.tags and json.loads(repo.files("main")["active.json"])["version"] == "v1"
     assert TOKEN not in run.stdout + run.stderr
+
+
+def test_start_up_sync_leaves_a_newer_local_rollback_alone(hub, settings, dataset_dir):
+    """The newest activation wins: a rollback made locally (the CLI) after the Hub's activation is kept at the
+    next start, and recorded on the Hub, instead of being undone by the Hub's older active.json."""
+    from classifier.registry import LocalRegistry
+
+    first = Engine(hub_settings(settings.data_dir, hub, dataset_dir))
+    first.start()
+    v1 = first.retrain({"mode": "head"})["version"]
+    v2 = first.retrain({"mode": "head", "seed": 1})["version"]
+    assert first.active_version() == v2, "the second head run should pass the gate"
+    assert first.wait_for_hub(v2, timeout=60)["state"] == "pushed"
+    repo = hub.repo(MODEL_REPO)
+    assert wait_for(lambda: json_file(repo, "active.json").get("version") == v2)
+    first.close()
+
+    LocalRegistry(settings.models_dir).set_active(v1)  # what `python -m classifier activate v1` does offline
+    restarted = Engine(hub_settings(settings.data_dir, hub, dataset_dir))
+    restarted.start()
+    try:
+        assert restarted.active_version() == v1 == restarted.status()["active_version"]
+        restarted.wait_for_hub(v1, timeout=60)  # v1 was pushed by the first engine; this one records it active
+        assert wait_for(lambda: json_file(repo, "active.json").get("version") == v1), "the Hub still names the older activation"
+    finally:
+        restarted.close()
+
+
+def json_file(repo, name):
+    import json
+    data = repo.files("main").get(name)
+    return json.loads(data) if data else {}
