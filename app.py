@@ -132,13 +132,22 @@ class Handlers:
         previous = self.engine.active_version()
         params = {"mode": mode, "lr": lr, "batch_size": batch_size, "epochs": epochs, "val_fraction": val_fraction,
                   "unfreeze_blocks": unfreeze_blocks, "filters": filters, "filter_size": filter_size, "depth": depth}
-        job_id = self.engine.start_training({k: v for k, v in params.items() if v is not None}, user).id
+        unchanged = (gr.skip(),) * 6
+        try:
+            job_id = self.engine.start_training({k: v for k, v in params.items() if v is not None}, user).id
+        except PlatformError as exc:  # busy or bad parameters: say so without marking the page as failed
+            gr.Warning(str(exc))
+            yield unchanged + (f"⚠ {exc}", gr.skip())
+            return
         while (snap := self.engine.training_status())["id"] == job_id and snap["finished"] is None:
             progress(snap["progress"], desc=snap["message"] or "training")
-            yield (gr.skip(),) * 4 + (gr.skip(), gr.skip()) + self.training_view(snap)
+            yield unchanged + self.training_view(snap)
             time.sleep(1.0)
-        if snap["state"] != "done":
-            raise PlatformError(snap["error"] or f"Training {snap['state']}")
+        if snap["state"] == "failed":
+            raise PlatformError(snap["error"])
+        if snap["state"] != "done":  # stopped: nothing was registered, and that is all there is to show
+            yield unchanged[:5] + (self.status_text(),) + self.training_view(snap)
+            return
         yield self.result_view(snap["result"], previous) + (self.models_table(), self.status_text()) + self.training_view(snap)
 
     def cancel(self, session_user, request: gr.Request):
@@ -166,6 +175,8 @@ class Handlers:
             shared = self.engine.compare_versions(version, other)
             fmt = lambda a: "—" if a is None else f"{a:.1%}"  # noqa: E731
             lines.append(f"| accuracy on the same {shared['images']} held-out images | {fmt(shared[version])} | {fmt(shared[other])} |")
+        else:
+            lines.append(f"| accuracy (own validation split, {new.get('val_size')} images) | {new.get('accuracy')} | — |")
         rows = [("macro-F1 (own validation split)", "macro_f1"), ("calibration error", "ece"),
                 ("train / val images", None), ("wall time (s)", "wall_time_s")]
         for name, key in rows:
@@ -347,7 +358,7 @@ def build_app(engine: Engine) -> gr.Blocks:
                 train_f1 = gr.Plot(label="per-class F1")
                 train_loss = gr.Plot(label="loss curve")
 
-        with gr.Tab("Models"):
+        with gr.Tab("Models") as models_tab:
             models_df = gr.Dataframe(h.models_table(), interactive=False, label="versions", elem_id="models")
             with gr.Row():
                 version_pick = gr.Dropdown([m["version"] for m in reversed(engine.models())], label="version")
@@ -394,6 +405,7 @@ def build_app(engine: Engine) -> gr.Blocks:
         train_timer.tick(h.poll_training, None, [train_status, live_loss, train_timer], api_visibility="private")
         gr.Timer(5.0).tick(h.status_text, None, status, api_visibility="private")
         refresh_btn.click(h.models_refresh, None, [models_df, version_pick], api_visibility="private")
+        models_tab.select(h.models_refresh, None, [models_df, version_pick], api_visibility="private")
         activate_btn.click(user_errors(h.activate_version), [version_pick, session_user],
                            [activate_msg, models_df, version_pick, status], api_visibility="private")
         if s.hub_model_id:

@@ -18,10 +18,11 @@ from hub.datasets import dataset_revision, push_export
 from settings import PlatformError, Settings
 from training.config import TrainConfig
 from training.data import LoadedData, Sample, load_samples, merge_samples
-from training.evaluation import Decision, decide, set_digest, shared_evaluation_set
+from training.evaluation import Decision
 from training.jobs import TrainingJobs
 from training.progress import ProgressEvent, Report, part_of
 from training.run import train_version
+from training.scoring import VersionScorer
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
@@ -54,6 +55,7 @@ class Engine:
         self.registry.clean_staging()
         self.live = LiveModel(self.registry, settings)
         self.jobs = TrainingJobs(self._run_training)
+        self.scorer = VersionScorer(self.registry, self.live.load)
         self._train = on_gpu_when_available(train_version)
         self._store = None
         self._store_lock = threading.Lock()
@@ -229,8 +231,8 @@ class Engine:
                              dataset_name=data or self.settings.hub_dataset_id, extra_info=dict(extra, trained_by=user))
         version = result["version"]
         report(ProgressEvent(0.92, f"comparing {version} with the active version on the same images"))
-        decision = self._promotion(version, samples) if promote else Decision(
-            False, f"{version} was registered without activating it (as asked)")
+        decision = self.scorer.gate(version, self.registry.active(), samples, self.settings.promotion_tolerance) \
+            if promote else Decision(False, f"{version} was registered without activating it (as asked)")
         self.registry.record_promotion(version, dict(asdict(decision), user=user, time=time.time()))
         if self.publisher is not None:
             self.publisher.publish(version)
@@ -240,34 +242,6 @@ class Engine:
         result.update(promoted=decision.promoted, reason=decision.reason, started_by=user,
                       compared_on=decision.images, warnings=result["metrics"].get("warnings") or [])
         return result
-
-    def _promotion(self, version: str, samples: list[Sample]) -> Decision:
-        """The gate: ``version`` against the active one on the evaluation images both held out."""
-        active = self.registry.active()
-        if active is None or active == version:
-            return decide(version, None, None, None, 0, self.settings.promotion_tolerance)
-        shared = self._shared_set(samples, version, active)
-        (new_acc, n), (old_acc, _) = self._score(version, shared), self._score(active, shared)
-        return decide(version, active, new_acc, old_acc, n, self.settings.promotion_tolerance)
-
-    def _shared_set(self, samples: list[Sample], *versions: str) -> list[Sample]:
-        infos = [self.registry.get(v) for v in versions]
-        fractions = [float(i.params().get("val_fraction", 0.2)) for i in infos]
-        kept = [sha for i in infos for sha in i.metrics().get("eval_kept_for_training") or []]
-        return shared_evaluation_set(samples, fractions, kept)
-
-    def _score(self, version: str, samples: list[Sample]) -> tuple[float | None, int]:
-        """Accuracy of ``version`` on ``samples`` (recorded beside the versions, so each set is scored once)."""
-        if not samples:
-            return None, 0
-        digest = set_digest(samples)
-        cached = self.registry.score(version, digest)
-        if cached is None:
-            from training.scoring import accuracy_on
-            accuracy, images = accuracy_on(self.live.load(version), samples)
-            cached = {"accuracy": accuracy, "images": images}
-            self.registry.record_score(version, digest, cached)
-        return cached["accuracy"], cached["images"]
 
     def start_training(self, params: dict, user: str = "anonymous", data: str | None = None,
                        human_labels: bool = True, promote: bool = True):
@@ -323,9 +297,7 @@ class Engine:
     def compare_versions(self, first: str, second: str) -> dict:
         """Both versions scored on the images both held out: ``{"images", first: accuracy, second: accuracy}``."""
         samples, _, _ = self._training_samples(self.settings.dataset, True)
-        shared = self._shared_set(samples, first, second)
-        (a, n), (b, _) = self._score(first, shared), self._score(second, shared)
-        return {"images": n, first: a, second: b}
+        return self.scorer.compare(first, second, samples)
 
     def models(self) -> list[dict]:
         active = self.active_version()

@@ -139,13 +139,6 @@ class ModelPublisher:
             thread.join(max(0.0, deadline - time.monotonic()))
         return self.queue.statuses().get(version)
 
-    def hub_versions(self) -> list[str]:
-        try:
-            return self.repo.list_versions()
-        except PlatformError as exc:
-            self.hub_error = str(exc)
-            return []
-
     def close(self) -> None:
         if self.queue is not None:
             self.queue.close()

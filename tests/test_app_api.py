@@ -16,7 +16,7 @@ from settings import load_settings
 
 pytestmark = pytest.mark.slow
 
-ENDPOINTS = {"/predict", "/save_labels", "/retrain", "/models", "/activate", "/status"}
+ENDPOINTS = {"/predict", "/save_labels", "/retrain", "/cancel", "/models", "/activate", "/status"}
 RESULT_KEYS = {"file", "sha256", "label", "confidence", "top_k", "model_version"}
 
 
@@ -59,7 +59,7 @@ def blobs_dir(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("new-class"), per_class=8, classes=["blobs"], offset=500) / "blobs"
 
 
-def test_public_endpoints_are_exactly_the_six(client):
+def test_public_endpoints_are_exactly_the_seven(client):
     api = client.view_api(return_format="dict", print_info=False)
     assert set(api["named_endpoints"]) == ENDPOINTS
     assert not api["unnamed_endpoints"]
@@ -83,6 +83,9 @@ def test_retrain_returns_version_and_metrics(client, v1):
     assert metrics["labels"] == ["circles", "squares", "stripes"]
     assert metrics["train_size"] + metrics["val_size"] == 30
     assert 0.0 <= metrics["accuracy"] <= 1.0 and "macro_f1" in metrics
+    assert v1["promoted"] is True and v1["reason"] == "v1 is the first version" and v1["started_by"] == "anonymous"
+    with pytest.raises(AppError, match="No training run is going on"):
+        client.predict(api_name="/cancel")
     status = client.predict(api_name="/status")
     assert status["active_version"] == "v1" and status["classes"] == ["circles", "squares", "stripes"]
 

@@ -249,12 +249,12 @@ def test_sample_predicts_images_from_the_server_folder(handlers, dataset_dir):
 
 def test_models_table_and_version_details(handlers):
     table = handlers.models_table()
-    assert list(table.columns)[:9] == ["version", "active", "mode", "created", "accuracy", "macro-F1", "ECE",
-                                       "train images", "classes"]
+    assert list(table.columns)[:10] == ["version", "active", "mode", "created", "trained by", "gate", "why",
+                                        "val accuracy (own split)", "val images", "macro-F1"]
     row = table.iloc[-1]
     assert row["version"] == "v1" and row["mode"] == "head" and row["classes"] == 3
     text, conf, f1, loss = handlers.version_details("v1")
-    assert "### v1 is live" in text and "| accuracy |" in text
+    assert "| **v1** | — |" in text and "macro-F1" in text  # the active version itself: nothing to compare
     assert all(isinstance(fig, Figure) for fig in (conf, f1, loss))
     assert handlers.version_details(None) == ("", None, None, None)
 
@@ -265,7 +265,8 @@ def test_writes_without_login_are_refused(auth_handlers, dataset_dir):
     h = auth_handlers
     batch, _, table, *_ = predict(h, dataset_files(dataset_dir, 1))  # predicting needs no login
     for call in (lambda: h.save(batch, table, None, None),
-                 lambda: h.train("head", None, None, None, 0.2, 4, 32, 3, 3, None, None, progress=no_progress),
+                 lambda: next(h.train("head", None, None, None, 0.2, 4, 32, 3, 3, None, None, progress=no_progress)),
+                 lambda: h.cancel(None, None),
                  lambda: h.activate_version("v1", None, None),
                  lambda: h.save(batch, table, None, basic("alice", "wrong")),
                  lambda: h.save(batch, table, "mallory", None)):
@@ -296,15 +297,19 @@ def test_writes_with_session_user_or_basic_header_succeed(auth_handlers, dataset
     assert [row["user"] for row in history] == ["bob", "alice"]
 
     # 0 for lr/batch size/epochs is what the page's empty Number fields send: the mode's defaults
-    text, conf, f1, loss, models, status = h.train("head", 0, 0, 0, 0.2, 4, 32, 3, 3, "alice", None, progress=no_progress)
-    assert "### v2 is live" in text and "| **v2** | v1 |" in text
-    assert list(models["version"]) == ["v2", "v1"] and list(models["active"]) == ["✅", ""]
-    assert h.engine.jobs.latest().snapshot()["user"] == "alice"
+    *_, last = h.train("head", 0, 0, 0, 0.2, 4, 32, 3, 3, "alice", None, progress=no_progress)
+    text, conf, f1, loss, models, status, run_state, live_loss = last
+    # Bob's "shapes" labels made v2 worse than v1 on the same held-out images: the gate keeps v1 live.
+    assert "### ⚠ v2 was registered but not promoted" in text and "v1 stays active" in text
+    assert "| **v2** | v1 |" in text and "started by **alice**" in text and "accuracy on the same" in text
+    assert list(models["version"]) == ["v2", "v1"] and list(models["active"]) == ["", "✅"]
+    assert list(models["gate"]) == ["not promoted", "promoted"]
+    assert h.engine.training_status()["user"] == "alice" and "alice" in run_state
 
-    message, models, pick, status = h.activate_version("v1", None, basic("alice", "pw"))
-    assert message.startswith("✅ v1 is now active")
-    assert list(models["active"]) == ["", "✅"] and pick["value"] == "v2"
-    assert h.engine.status()["active_version"] == "v1"
+    message, models, pick, status = h.activate_version("v2", None, basic("alice", "pw"))  # activate anyway
+    assert message.startswith("✅ v2 is now active")
+    assert list(models["active"]) == ["✅", ""] and pick["value"] == "v2"
+    assert h.engine.status()["active_version"] == "v2" and "**Model:** v2" in status
 
 
 # --- no model yet ----------------------------------------------------------------------------------

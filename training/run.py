@@ -76,13 +76,30 @@ def embed_samples(embedder: Embedder, samples: list[Sample], report: Report | No
                 inputs.append(ImageInput(s.name, s.read(), s.sha256))
             except OSError as exc:
                 errors[s.sha256] = f"{s.name}: cannot read ({exc})"
-        feats, failed = embedder.embed(inputs)
+        feats, failed = embedder.embed(inputs, _stop_check(should_stop))
         cached.update(feats)
         errors.update(failed)
         if report:
             report(ProgressEvent(min(1.0, (start + len(chunk)) / len(missing)),
                                  f"embedded {start + len(chunk)}/{len(missing)} new images"))
     return cached, errors
+
+
+def _stop_check(should_stop: Callable[[], bool] | None):
+    """A per-batch progress callback for :meth:`Embedder.embed` that stops the run as soon as asked."""
+    if should_stop is None:
+        return None
+
+    def check(fraction: float, message: str) -> None:
+        if should_stop():
+            raise Cancelled()
+    return check
+
+
+def stop_if_asked(should_stop: Callable[[], bool] | None) -> None:
+    """Raise Cancelled when the run was asked to stop (checked between the stages of a run)."""
+    if should_stop is not None and should_stop():
+        raise Cancelled()
 
 
 def check_classes(samples: list[Sample], skipped: dict[str, int] | None = None) -> list[str]:
@@ -190,7 +207,9 @@ def summary(metrics: dict) -> dict:
 def _embedded_split(samples, config, settings, report, fm, should_stop):
     """Embed through the cache, drop undecodable images, split; shared by head and finetune."""
     embedder = Embedder(fm, EmbeddingCache(settings.embeddings_dir, fm.cache_key), settings.max_image_pixels)
+    report(ProgressEvent(0.05, f"embedding {len(samples)} images (cached ones are reused)"))
     feats, _ = embed_samples(embedder, samples, part_of(report, 0.05, 0.45), should_stop)
+    stop_if_asked(should_stop)
     usable, skipped = drop_unreadable(samples, set(feats))
     labels = check_classes(usable, skipped)
     parts = split(usable, config.val_fraction)
@@ -225,6 +244,7 @@ def _train_head(samples, config, settings, staged, report, should_stop):
     fm = _backbone(backbone, config.resolution)
     feats, parts, labels, index, skipped = _embedded_split(samples, config, settings, report, fm, should_stop)
     weight, bias, curve = _fit_head(feats, parts.train, index, labels, config, part_of(report, 0.5, 0.45), should_stop)
+    stop_if_asked(should_stop)
     model = _set_head(copy.deepcopy(fm.model), labels, weight, bias)
     head_fm = FeatureModel(model, None, fm.backbone_id)
     head_fm.resolution, head_fm.mean, head_fm.std = fm.resolution, fm.mean, fm.std
@@ -248,6 +268,7 @@ def _train_finetune(samples, config, settings, staged, report, should_stop):
     feats, parts, labels, index, skipped = _embedded_split(samples, config, settings, report, fm, should_stop)
     train = parts.train
     weight, bias, _ = _fit_head(feats, train, index, labels, config, None, should_stop)  # warm start
+    stop_if_asked(should_stop)
     model, _ = load_model_and_processor(backbone)
     model = _set_head(model, labels, weight, bias)
     trainer.cap_head_dropout(model, trainer.HEAD_DROPOUT)
@@ -256,6 +277,7 @@ def _train_finetune(samples, config, settings, staged, report, should_stop):
     dataset = trainer.ImageDataset(train, [index[s.label] for s in train], fm.resolution, fm.mean, fm.std,
                                    config.augment, settings.max_image_pixels, config.seed, config.min_crop)
     curve = trainer.fit(model, dataset, config, part_of(report, 0.5, 0.45), should_stop)
+    stop_if_asked(should_stop)
     return _save_and_evaluate(model, _processor_for(backbone, config.resolution), staged, parts,
                               labels, index, settings, curve, skipped, {"backbone": config.backbone or settings.backbone or "bundled"})
 
@@ -272,6 +294,7 @@ def _train_scratch(samples, config, settings, staged, report, should_stop):
                                    processor.image_std, config.augment, settings.max_image_pixels, config.seed,
                                    config.min_crop)
     curve = trainer.fit(model, dataset, config, part_of(report, 0.05, 0.9), should_stop)
+    stop_if_asked(should_stop)
     return _save_and_evaluate(model, processor, staged, parts, labels, index, settings, curve, skipped,
                               {"backbone": f"scratch ({config.filters} filters, {config.filter_size}px kernels, depth {config.depth})"})
 

@@ -21,7 +21,7 @@ from classifier.images import ImageInput, decode, resize_center_crop, to_array
 from settings import PlatformError
 from training.config import TrainConfig
 from training.data import Sample
-from training.progress import ProgressEvent
+from training.progress import Cancelled, ProgressEvent
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,11 @@ class _Progress(TrainerCallback):
                 self.report(ProgressEvent(state.global_step / max(state.max_steps, 1),
                                           f"step {state.global_step}/{state.max_steps} · loss {logs['loss']:.4f}",
                                           step=state.global_step, epoch=float(state.epoch or 0), loss=float(logs["loss"])))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.should_stop and self.should_stop():  # asked before the first step: do not start one
+            control.should_training_stop = True
+            raise Cancelled()
 
     def on_step_end(self, args, state, control, **kwargs):
         over_time = self.max_seconds and time.monotonic() - self.started > self.max_seconds
