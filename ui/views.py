@@ -102,3 +102,11 @@ def summary(result: dict, threshold: float) -> str:
     if result.get("store_error"):
         parts.append(f"⚠ {result['store_error']}")
     return " · ".join(parts)
+
+
+def upload_count(files: list) -> str:
+    """A one-line account of an upload ("**128 files** ready"), instead of a list as long as the upload."""
+    if not files:
+        return ""
+    zips = sum(1 for f in files if str(getattr(f, "name", f)).lower().endswith(".zip"))
+    return f"**{len(files)} file{'s' if len(files) != 1 else ''}**" + (f" ({zips} .zip)" if zips else "") + " uploaded"
