@@ -39,7 +39,7 @@ CSS = """
 .rv-bar select, .rv-num, .rv-btn { padding: 3px 6px; border: 1px solid var(--border-color-primary); border-radius: 6px;
   background: var(--background-fill-primary); color: var(--body-text-color); }
 .rv-num { width: 5em; }
-.rv-btn { cursor: pointer; }
+.rv-btn { cursor: pointer; font-size: 13px; font-weight: normal; }
 .rv-legend { display: flex; flex-wrap: wrap; gap: 10px; margin: 4px 0; align-items: center; }
 .rv-key kbd { display: inline-block; min-width: 1.4em; text-align: center; margin-right: 3px; padding: 0 4px;
   border: 1px solid var(--border-color-primary); border-radius: 4px; background: var(--background-fill-secondary); }
@@ -74,7 +74,7 @@ CSS = """
 .rv-type input { width: 100%; padding: 6px; font-size: 16px; }
 .rv-help dl { display: grid; grid-template-columns: max-content 1fr; gap: 4px 14px; }
 .rv-help dt { font-family: monospace; font-weight: 600; }
-.rv-full { max-width: 100%; max-height: 50vh; image-rendering: auto; }
+.rv-full { width: min(100%, 384px); height: auto; max-height: 50vh; object-fit: contain; background: #eee; }
 .rv-history, .rv-confusion { border-collapse: collapse; font-size: 12px; }
 .rv-history td, .rv-history th, .rv-confusion td, .rv-confusion th { border: 1px solid var(--border-color-primary); padding: 2px 6px; }
 .rv-confusion td { text-align: right; min-width: 2em; }

@@ -34,7 +34,7 @@ function load(text) {
   S.batch = data.batch_id; S.classes = data.classes || []; S.undo = []; S.sel.clear(); S.cards = {};
   S.rows = data.rows.map((r, i) => ({...r, i, human: r.human_label ?? null, save: r.human_label ? 'saved' : '', note: ''}));
   S.by = Object.fromEntries(S.rows.map(r => [r.sha256, r]));
-  S.sort = S.rows.some(r => Number.isInteger(r.rank)) ? 'suggested' : 'upload'; S.dir = 1;
+  S.sort = 'suggested'; S.dir = 1;  // rank when the audit gives one, else lowest confidence first
   build(); refresh(); focusAt(0);
 }
 
@@ -227,7 +227,7 @@ async function openDetail(r) {
   const hist = el('table', 'rv-history'); const h = el('tr');
   for (const t of ['when', 'who', 'label', 'before', 'model', 'it predicted']) h.append(el('th', '', t)); hist.append(h);
   for (const x of ((d && d.history) || [])) { const tr = el('tr');
-    for (const v of [x.time, x.user, x.label ?? '(removed)', x.previous ?? '', x.model_version ?? '', x.predicted ?? '']) tr.append(el('td', '', v)); hist.append(tr); }
+    for (const v of [String(x.time || '').replace('T', ' ').slice(0, 19) + ' UTC', x.user, x.label ?? '(removed)', x.previous ?? '', x.model_version ?? '', x.predicted ?? '']) tr.append(el('td', '', v)); hist.append(tr); }
   box.append(el('h4', '', 'label history'), hist, el('p', 'rv-hint', (d && d.error) ? d.error : 'Esc or o closes'));
 }
 
