@@ -246,7 +246,7 @@ def build_app(engine: Engine) -> gr.Blocks:
                                                   elem_id="import-folder-btn")
             summary = gr.Markdown(elem_id="batch-summary")
             review_user = gr.HTML("", elem_id="review-user", padding=False)
-            grid = review.review_grid(engine, h.writer, h.tokens)
+            grid = review.review_grid(engine, h.writer, h.tokens, h.class_names)
             gr.Markdown("Each change is saved at once; press **?** in the grid for every key. Only what you set or "
                         "confirm becomes a label: untouched predictions are never saved.")
             with gr.Row(equal_height=True):

@@ -143,6 +143,25 @@ class Engine:
         return {"results": results, "errors": errors, "batch_id": batch_id,
                 "model_version": predictor.version if predictor else None, "store_error": store_error}
 
+    def batch_results(self, batch_id: str) -> dict:
+        """A recorded batch again, as :meth:`predict` returned it (thumbnails included), with each image's
+        current human label from the store: what a reloaded page shows."""
+        from classifier.images import ImageInput
+
+        store = self.store()
+        results = store.batch_predictions(batch_id)
+        states = store.label_states([r["sha256"] for r in results], include_reverted=True)
+        for r in results:
+            path = self.thumbs_dir / r["sha256"][:2] / f"{r['sha256']}.jpg"
+            if not path.is_file():
+                image = ImageInput(r["file"], store.image_bytes(r["sha256"]), r["sha256"])
+                path = save_thumbnail(image, self.thumbs_dir, self.settings.max_image_pixels)
+            state = states.get(r["sha256"]) or {}
+            r.update(thumbnail=str(path), human_label=state.get("label"), label_revision=state.get("revision", 0))
+        versions = {r["model_version"] for r in results if r["model_version"]}
+        return {"results": results, "errors": [], "batch_id": batch_id, "store_error": None,
+                "model_version": versions.pop() if len(versions) == 1 else None}
+
     def _unpredicted(self, images) -> tuple[list[dict], list[dict]]:
         """Rows for images when no model exists: decodable ones, with no label."""
         results, errors = [], []

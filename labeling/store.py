@@ -26,7 +26,7 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from labeling import schema
 from labeling.connection import Connection, connect, connection_error
-from labeling.records import image_info, json_safe, prediction_doc, validate_items
+from labeling.records import image_info, json_safe, label_row, no_label_row, prediction_doc, validate_items
 from settings import PlatformError, Settings
 
 logger = logging.getLogger(__name__)
@@ -336,7 +336,7 @@ class LabelStore:
             status = "saved" if change is not None else "conflict"
             if change is not None and label is not None:
                 self._refresh_batch_states([sha256])
-        row = self.label_states([sha256], include_reverted=True).get(sha256) or _no_label(sha256)
+        row = self.label_states([sha256], include_reverted=True).get(sha256) or no_label_row(sha256)
         return dict(row, status=status, new_class=new_classes[0] if new_classes and status == "saved" else None)
 
     @_guarded
@@ -349,7 +349,21 @@ class LabelStore:
         if shas is not None:
             query["_id"] = {"$in": list(shas)}
         fields = {"label": 1, "revision": 1, "user": 1, "updated": 1, "predicted": 1}
-        return {d["_id"]: _label_row(d) for d in self._db[schema.LABELS].find(query, fields)}
+        return {d["_id"]: label_row(d) for d in self._db[schema.LABELS].find(query, fields)}
+
+    @_guarded
+    def batch_predictions(self, batch_id: str) -> list[dict]:
+        """A recorded batch in upload order: ``{sha256, file, label, confidence, top_k, model_version}`` per image
+        (label None when nothing was predicted); PlatformError if the batch is unknown."""
+        batch = self._db[schema.BATCHES].find_one({"_id": str(batch_id)}, {"shas": 1})
+        if batch is None:
+            raise PlatformError("That batch is not in the store any more: upload the images again")
+        shas = batch["shas"]
+        predicted = {d["sha256"]: d for d in self._db[schema.PREDICTIONS].find({"batch_id": batch["_id"]})}
+        names = {d["_id"]: d.get("name") for d in self._db[schema.IMAGES].find({"_id": {"$in": shas}}, {"name": 1})}
+        return [{"sha256": sha, "file": names.get(sha) or sha[:12], "label": predicted.get(sha, {}).get("label"),
+                 "confidence": predicted.get(sha, {}).get("confidence"), "top_k": predicted.get(sha, {}).get("top_k") or [],
+                 "model_version": predicted.get(sha, {}).get("model_version")} for sha in shas]
 
     @_guarded
     def predictions_of(self, sha256: str, limit: int = 20) -> list[dict]:
@@ -414,18 +428,6 @@ class LabelStore:
         from labeling.export import export_samples
 
         return export_samples(self.labelled_samples(), Path(out_dir), format)
-
-
-def _label_row(doc: dict) -> dict:
-    label = doc.get("label")
-    state = "untouched" if label is None else "confirmed" if label == doc.get("predicted") else "corrected"
-    updated = doc.get("updated")
-    return {"sha256": doc["_id"], "label": label, "state": state, "revision": doc.get("revision", 0),
-            "updated_by": doc.get("user"), "updated_at": updated.isoformat() if updated else None}
-
-
-def _no_label(sha256: str) -> dict:
-    return {"sha256": sha256, "label": None, "state": "untouched", "revision": 0, "updated_by": None, "updated_at": None}
 
 
 def open_store(settings: Settings) -> LabelStore:

@@ -93,3 +93,39 @@ def test_predict_correct_retrain_and_predict_again(served, page, dataset_dir, ar
     status = served.client().predict(api_name="/status")
     assert status["active_version"] == "v2" and "blobs" in status["classes"]
     assert status["labelled_images"] == 1  # the corrected card only: untouched predictions are not labels
+
+
+def test_first_model_from_an_imported_zip_in_four_actions(tmp_path, backbone_dir, dataset_dir, launch_app, page,
+                                                          artifacts_dir):
+    """An empty app (no model, no DATASET): import a .zip of class folders as labels, train: 4 actions."""
+    import zipfile
+
+    from playwright.sync_api import expect
+
+    data = tmp_path / "data"
+    shutil.copytree(backbone_dir, data / "backbones" / backbone_dir.name)
+    archive = tmp_path / "labelled.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(dataset_dir.rglob("*.jpg")):
+            zf.write(path, f"shapes/{path.parent.name}/{path.name}")
+    app = launch_app(data)
+    try:
+        page.goto(app.url)
+        expect(page.locator("#status")).to_contain_text("none trained yet", timeout=TIMEOUT_MS)
+        actions = 0
+        with page.expect_file_chooser() as chooser:
+            page.click("#import-zip")
+        chooser.value.set_files(archive)
+        actions += 2
+        expect(page.locator("#import-msg")).to_contain_text("Imported 30 label(s)", timeout=TIMEOUT_MS)
+        page.get_by_role("tab", name="Train").click()
+        page.click("#train-btn")
+        actions += 2
+        expect(page.locator("#train-result")).to_contain_text("v1 is live", timeout=180_000)
+        page.screenshot(path=str(artifacts_dir / "app-import-train.png"), full_page=True)
+        assert actions <= 5
+        status = app.client().predict(api_name="/status")
+        assert status["active_version"] == "v1" and status["labelled_images"] == 30
+        assert status["classes"] == ["circles", "squares", "stripes"]
+    finally:
+        app.stop()

@@ -191,8 +191,15 @@ def test_each_edit_is_saved_and_untouched_predictions_never_are(handlers, engine
     assert stored[shas[0]] == "zebra" and stored[shas[2]] == "stripes" and shas[1] not in stored
 
     # predicting the batch again shows the store's labels and revisions; the untouched image stays untouched
-    again = {r["sha256"]: r for r in grid(predict(handlers, files)[0])["rows"]}
+    value = grid(predict(handlers, files)[0])
+    again = {r["sha256"]: r for r in value["rows"]}
     assert [(again[s]["human_label"], again[s]["revision"]) for s in shas] == [("zebra", 1), (None, 0), ("stripes", 1)]
+    # so does a reloaded page, which asks for its last batch again
+    restored = grid(server(handlers)["load_batch"]({"batch_id": value["batch_id"], "threshold": 0.6}))
+    assert [(r["sha256"], r["human_label"], r["pred"], r["file"]) for r in restored["rows"]] == \
+        [(r["sha256"], r["human_label"], r["pred"], r["file"]) for r in value["rows"]]
+    assert all(Path(unquote(r["thumb"].split("=", 1)[1])).is_file() for r in restored["rows"])
+    assert server(handlers)["load_batch"]({"batch_id": "gone"}) == ""
     assert engine.store().current_labels()[shas[0]] == "zebra"  # a later prediction overwrote nothing
 
     # undo: back to no human label, with a history row

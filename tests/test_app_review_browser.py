@@ -169,9 +169,18 @@ def test_keyboard_review_loses_and_invents_nothing(fashion, launch_app, artifact
         page.keyboard.press("Escape")
         assert {c["sha256"]: c["human"] for c in cards(page) if c["state"] != "untouched"} == expected
 
-        # reload, predict the batch again: the store's labels are on the cards; untouched ones stay untouched
+        # reload: the last batch comes back from the store, with its labels
+        first_batch = page.get_attribute("#review .rv-root", "data-batch")
         page.reload()
+        page.wait_for_function("document.querySelectorAll('#review .rv-card').length === 128", timeout=TIMEOUT_MS)
+        assert page.get_attribute("#review .rv-root", "data-batch") == first_batch
+        assert {c["sha256"]: c["human"] for c in cards(page) if c["state"] != "untouched"} == expected
+        shot("reloaded")
+        # predict the batch again: the store's labels are on the cards; untouched ones stay untouched
         upload(page, fashion["files"])
+        page.wait_for_function(f"""() => {{ const root = document.querySelector('#review .rv-root');
+            return root.dataset.batch && root.dataset.batch !== {first_batch!r} &&
+                   document.querySelectorAll('#review .rv-card').length === 128; }}""", timeout=TIMEOUT_MS)
         page.wait_for_function("document.querySelectorAll('#review .rv-card').length === 128", timeout=TIMEOUT_MS)
         again = cards(page)
         assert {c["sha256"]: c["human"] for c in again if c["state"] != "untouched"} == expected

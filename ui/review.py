@@ -98,7 +98,7 @@ const KEYS = [['1–9, 0', 'set the class with that key (legend) on the focused 
   ['p', 'show only the focused card\u2019s predicted class (again: all)'], ['s', 'show untouched / confirmed / corrected / all'],
   ['r', 'reverse the order'], ['C (Shift+c)', 'confirm all untouched cards in this view'],
   ['o, double-click', 'details: full image, top-k, label history'], ['?', 'this help']];
-const STATES = ['', 'untouched', 'confirmed', 'corrected'];
+const STATES = ['', 'untouched', 'confirmed', 'corrected'], MEMORY = 'review-last-batch';
 const S = {rows: [], by: {}, classes: [], order: [], focus: 0, sel: new Set(), anchor: null, undo: [],
   f: {pred: '', human: '', state: '', lo: 0, hi: 100}, sort: 'upload', dir: 1, pending: new Map(),
   inflight: false, retry: null, delay: 500, cards: {}, batch: null};
@@ -114,6 +114,7 @@ function load(text) {
   try { data = text ? JSON.parse(text) : null; } catch (err) { data = null; }
   if (!data || !data.rows) { q('.rv-root').replaceChildren(el('p', 'rv-empty', 'Upload images to predict and review them here.')); return; }
   S.batch = data.batch_id; S.classes = data.classes || []; S.undo = []; S.sel.clear(); S.cards = {};
+  if (data.batch_id) try { localStorage.setItem(MEMORY, JSON.stringify({batch_id: data.batch_id, threshold: data.threshold})); } catch (err) {}
   S.rows = data.rows.map((r, i) => ({...r, i, human: r.human_label ?? null, save: r.human_label ? 'saved' : '', note: ''}));
   S.by = Object.fromEntries(S.rows.map(r => [r.sha256, r]));
   S.sort = 'suggested'; S.dir = 1;  // rank when the audit gives one, else lowest confidence first
@@ -121,7 +122,7 @@ function load(text) {
 }
 
 function build() {
-  const root = q('.rv-root'); root.replaceChildren();
+  const root = q('.rv-root'); root.replaceChildren(); root.dataset.batch = S.batch || '';
   const bar = el('div', 'rv-bar');
   const select = (name, title) => { const s = el('select'); s.dataset.f = name; s.title = title; s.setAttribute('aria-label', title); bar.append(s); return s; };
   select('pred', 'predicted class'); select('human', 'human label'); select('state', 'state');
@@ -340,8 +341,15 @@ function onKey(e) {
 }
 
 window.addEventListener('beforeunload', e => { if (S.pending.size || S.inflight) { e.preventDefault(); e.returnValue = ''; } });
+// A reload shows the last batch again, with the labels as they are in the store now.
+async function restore() {
+  let last = null; try { last = JSON.parse(localStorage.getItem(MEMORY) || 'null'); } catch (err) { last = null; }
+  if (!last || !last.batch_id) return load(null);
+  let text = ''; try { text = await server.load_batch(last); } catch (err) { text = ''; }
+  if (!props.value) load(text);
+}
 watch('value', () => load(props.value));
-load(props.value);
+if (props.value) load(props.value); else restore();
 """
 
 def _thumb_url(path: str | None) -> str | None:
@@ -367,7 +375,7 @@ def payload(result: dict, classes: list[str], threshold: float) -> str:
                              for b in r["badges"] if isinstance(b, dict)]
         rows.append(row)
     return json.dumps({"batch_id": result.get("batch_id"), "model_version": result.get("model_version"),
-                       "classes": list(classes), "rows": rows})
+                       "classes": list(classes), "threshold": threshold, "rows": rows})
 
 
 class UserTokens:
@@ -399,8 +407,9 @@ def _data_url(data: bytes) -> str | None:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}" if mime else None
 
 
-def server_functions(engine, writer, tokens: UserTokens) -> list:
-    """The Python functions the grid's script calls; ``writer(session_user, request)`` names the user or refuses."""
+def server_functions(engine, writer, tokens: UserTokens, classes=lambda: []) -> list:
+    """The Python functions the grid's script calls; ``writer(session_user, request)`` names the user or refuses,
+    ``classes()`` gives the legend's classes."""
 
     def save_edits(body: dict, request: gr.Request) -> list[dict]:
         """Save the grid's edits ``{edits: [{sha256, label (None: remove), revision}], token}`` one by one; each
@@ -435,10 +444,20 @@ def server_functions(engine, writer, tokens: UserTokens) -> list:
             return {"error": str(exc)}
         return detail
 
-    return [save_edits, label_detail]
+    def load_batch(body: dict) -> str:
+        """The grid's value for a batch predicted earlier ``{batch_id, threshold}`` (a reloaded page); "" if gone."""
+        body = body if isinstance(body, dict) else {}
+        threshold = body.get("threshold") if isinstance(body.get("threshold"), (int, float)) else 0.6
+        try:
+            return payload(engine.batch_results(str(body.get("batch_id"))), classes(), float(threshold))
+        except PlatformError as exc:
+            log.info("batch %s not restored: %s", str(body.get("batch_id"))[:40], exc)
+            return ""
+
+    return [save_edits, label_detail, load_batch]
 
 
-def review_grid(engine, writer, tokens: UserTokens) -> gr.HTML:
+def review_grid(engine, writer, tokens: UserTokens, classes) -> gr.HTML:
     """The grid component (``elem_id`` ``review``), wired to its server functions."""
     return gr.HTML(None, html_template=TEMPLATE, css_template=CSS, js_on_load=JS, elem_id="review",
-                   server_functions=server_functions(engine, writer, tokens), padding=False)
+                   server_functions=server_functions(engine, writer, tokens, classes), padding=False)
