@@ -43,6 +43,7 @@ CSS = """
 .rv-bar select, .rv-num, .rv-btn { padding: 3px 6px; border: 1px solid var(--border-color-primary); border-radius: 6px;
   background: var(--background-fill-primary); color: var(--body-text-color); }
 .rv-num { width: 5em; }
+.rv-bar select { max-width: 15em; }
 .rv-btn { cursor: pointer; font-size: 13px; font-weight: normal; }
 .rv-legend { display: flex; flex-wrap: wrap; gap: 10px; margin: 4px 0; align-items: center; }
 .rv-key kbd { display: inline-block; min-width: 1.4em; text-align: center; margin-right: 3px; padding: 0 4px;
@@ -178,7 +179,8 @@ function card(r) {
 
 function paint(r) {
   const c = card(r), st = stateOf(r); c.dataset.state = st; c.dataset.save = r.save;
-  c.querySelector('.rv-human').textContent = r.human === null ? '' : (st === 'confirmed' ? '\u2713 ' : '\u2192 ') + r.human;
+  const human = c.querySelector('.rv-human'); human.title = r.human ?? '';
+  human.textContent = r.human === null ? '' : (st === 'confirmed' ? '\u2713 ' : '\u2192 ') + r.human;
   c.querySelector('.rv-save').textContent = {saved: '\u2713 saved', pending: 'saving\u2026', error: '\u26a0 not saved: ' + r.note + ' \u2014 retrying',
     conflict: '\u26a0 ' + r.note}[r.save] || '';
   c.classList.toggle('rv-selected', S.sel.has(r.sha256)); c.setAttribute('aria-selected', S.sel.has(r.sha256) ? 'true' : 'false');
