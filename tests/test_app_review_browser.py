@@ -63,6 +63,13 @@ def focused(page) -> str | None:
     return page.evaluate("document.activeElement && document.activeElement.dataset.sha256 || null")
 
 
+def next_untouched(page) -> str:
+    """Arrow right until the focused card is untouched; its sha256."""
+    while page.evaluate("document.activeElement.dataset.state") != "untouched":
+        page.keyboard.press("ArrowRight")
+    return focused(page)
+
+
 def wait_saved(page) -> None:
     page.wait_for_function("""() => document.querySelectorAll('#review .rv-card').length > 0 &&
         !document.querySelector('#review .rv-card[data-save="pending"], #review .rv-card[data-save="error"]')""",
@@ -77,7 +84,7 @@ def upload(page, files) -> None:
 
 
 def test_keyboard_review_loses_and_invents_nothing(fashion, launch_app, artifacts_dir):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     from labeling.store import open_store
     from settings import load_settings
@@ -155,6 +162,32 @@ def test_keyboard_review_loses_and_invents_nothing(fashion, launch_app, artifact
         card = page.locator(f'#review .rv-card[data-sha256="{hostile}"] .rv-human')
         assert HOSTILE in card.inner_text()
         assert page.locator("#review img[src='x']").count() == 0 and not dialogs
+
+        # a failed save shows on its card, and is retried until it lands
+        flaky = next_untouched(page)
+        page.route("**/component_server/**", lambda route: route.abort())
+        page.keyboard.press(legend["Sandal"])
+        expected[flaky] = "Sandal"
+        card = page.locator(f'#review .rv-card[data-sha256="{flaky}"]')
+        expect(card).to_have_attribute("data-save", "error", timeout=TIMEOUT_MS)
+        assert "not saved" in card.inner_text()
+        page.unroute("**/component_server/**")
+        expect(card).to_have_attribute("data-save", "saved", timeout=TIMEOUT_MS)
+
+        # someone else labels the focused card meanwhile: this edit loses, and the card says so
+        contested = next_untouched(page)
+        app.client().predict([{"sha256": contested, "label": "Dress"}], api_name="/save_labels")
+        page.keyboard.press(legend["Coat"])
+        card = page.locator(f'#review .rv-card[data-sha256="{contested}"]')
+        expect(card).to_have_attribute("data-save", "conflict", timeout=TIMEOUT_MS)
+        assert "changed meanwhile by anonymous to Dress" in card.inner_text()
+        expected[contested] = "Dress"
+        shot("conflict")
+        page.keyboard.press("u")  # undoes the last edit that landed (Sandal), never the other person's label
+        expected.pop(flaky)
+        wait_saved(page)
+        assert page.get_attribute(f'#review .rv-card[data-sha256="{flaky}"]', "data-state") == "untouched"
+        page.keyboard.press("Home")
 
         # filters: state cycle, predicted class, back to all; then the help and the detail view
         for key in ("s", "s", "s", "s", "p", "p"):

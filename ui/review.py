@@ -294,7 +294,8 @@ async function flush() {
     r.revision = x.revision;
     if (again) continue;  // a newer edit of this card is queued: it carries the new revision
     if (x.status === 'conflict' && x.label !== wanted.get(r.sha256)) {
-      r.human = x.label; r.save = 'conflict';
+      r.human = x.label; r.save = 'conflict';  // the edit never landed: nothing of it to undo
+      S.undo = S.undo.map(step => step.filter(c => c.r !== r)).filter(step => step.length);
       r.note = 'changed meanwhile by ' + (x.updated_by || 'someone') + ' to ' + (x.label ?? 'no label') + ': press a key to set yours';
     } else { r.human = x.label; r.save = x.label === null ? '' : 'saved'; r.note = ''; }
   }
