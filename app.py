@@ -6,7 +6,6 @@ every public endpoint has an explicit ``api_name`` for ``gradio_client``.
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import random
 import time
@@ -17,12 +16,12 @@ import pandas as pd
 from classifier.images import list_image_files
 from engine import Engine
 from settings import PlatformError, Settings, get_settings
-from ui import auth, plots, views
+from ui import auth, plots, review, views
 from ui.api import register_api
 from ui.errors import user_errors
 
 log = logging.getLogger("app")
-API_RESULT_KEYS = ("file", "sha256", "label", "confidence", "top_k", "model_version")
+API_RESULT_KEYS = ("file", "sha256", "label", "confidence", "top_k", "model_version", "human_label")
 MODES = ["head", "finetune", "scratch"]
 
 
@@ -56,32 +55,29 @@ class Handlers:
     def __init__(self, engine: Engine):
         self.engine = engine
         self.settings: Settings = engine.settings
+        self.tokens = review.UserTokens()
 
     def writer(self, session_user, request) -> str:
         return auth.writer(self.settings, session_user, request, _oauth_profile(request))
 
     # --- predict tab ---
-    def _views(self, batch, threshold, sort, class_filter, labels=None):
-        results = batch["results"]
-        return (views.gallery(results, sort, class_filter, threshold),
-                views.table(results, sort, class_filter, threshold, labels or batch.get("saved")))
-
-    def show_predictions(self, files, threshold, sort, progress=gr.Progress()):
+    def show_predictions(self, files, threshold, progress=gr.Progress()):
+        """Predict the uploaded files → (review grid value, summary, class chart, confidence chart)."""
         progress(0, desc="reading images")
         result = self.engine.predict(files, progress=lambda f, m: progress(f, desc=m), thumbnails=True)
-        batch = {"results": result["results"], "batch_id": result["batch_id"], "saved": {}}
-        gallery, table = self._views(batch, threshold, sort, "all")
-        classes = sorted({r["label"] for r in result["results"] if r.get("label")})
-        text, _, _ = views.batch_accuracy(batch["results"], {})
-        return (batch, gallery, table, views.summary(result, threshold),
-                plots.class_distribution(batch["results"]), plots.confidence_histogram(batch["results"], threshold),
-                gr.update(choices=["all"] + classes, value="all"), text, None, "", self.class_choices())
+        return (review.payload(result, self.class_names(), threshold), views.summary(result, threshold),
+                plots.class_distribution(result["results"]), plots.confidence_histogram(result["results"], threshold))
 
-    def class_choices(self):
-        """The bulk-assign dropdown: the live model's classes plus every human label."""
-        return gr.update(choices=self.engine.class_names())
+    def class_names(self) -> list[str]:
+        """The legend's classes: the live model's, then every other human label."""
+        return self.engine.class_names()
 
-    def sample(self, root_index, count, threshold, sort, progress=gr.Progress()):
+    def uploaded(self, files, threshold, progress=gr.Progress()):
+        """An upload: a compact count of what arrived, then its predictions."""
+        files = list(files or [])
+        return (files, views.upload_count(files)) + self.show_predictions(files, threshold, progress)
+
+    def sample(self, root_index, count, threshold, progress=gr.Progress()):
         roots = self.settings.sample_roots
         index = _whole_number(root_index)
         if index is None or not 0 <= index < len(roots):
@@ -90,36 +86,24 @@ class Handlers:
         if not files:
             raise PlatformError("That folder holds no images")
         count = max(1, min(_whole_number(count) or 1, self.settings.max_batch, len(files)))
-        return self.show_predictions(random.sample(files, count), threshold, sort, progress)
+        return self.show_predictions(random.sample(files, count), threshold, progress)
 
-    def reorder(self, batch, threshold, sort, class_filter, frame):
-        if not batch:
-            return [], views.table([], sort, class_filter, threshold)
-        labels = dict(batch.get("saved", {}), **views.edited_labels(frame, batch["results"]))
-        return self._views(batch, threshold, sort, class_filter, labels)
-
-    def bulk(self, frame, label, only_low):
-        return views.bulk_assign(frame, label, only_low)
-
-    def save(self, batch, frame, session_user, request: gr.Request, only_changed: bool = False):
-        if not batch or not batch["results"]:
-            raise PlatformError("Predict a batch first")
+    def import_labelled(self, source, session_user, request: gr.Request):
+        """Import a .zip (uploaded) or a server folder of class sub-folders as human labels of this user."""
         user = self.writer(session_user, request)
-        labels = views.edited_labels(frame, batch["results"], only_changed=bool(only_changed))
-        if not labels:
-            raise PlatformError("There are no labels to save: type or choose labels in the 'label' column"
-                                + (" (only rows whose label differs from the prediction are saved)" if only_changed else ""))
-        result = self.engine.save_labels([{"sha256": s, "label": lab} for s, lab in labels.items()], user=user)
-        batch = dict(batch, saved=dict(batch.get("saved", {}), **result.get("labels", labels)))
-        text, human, predicted = views.batch_accuracy(batch["results"], batch["saved"])
-        new = f" New classes: {', '.join(result['new_classes'])}." if result.get("new_classes") else ""
-        rejected = result.get("rejected") or []
-        bad = (f"\n\n⚠ Not saved ({len(rejected)}): " + "; ".join(r["error"] for r in rejected[:5])
-               + (" …" if len(rejected) > 5 else "") + " — fix these rows and save again.") if rejected else ""
-        message = (f"Saved {result['saved']} label(s) as **{user}** ({result.get('unchanged', 0)} unchanged).{new} "
-                   f"Retrain in the Train tab to use them.{bad}")
-        return (batch, message, text, plots.confusion(human, predicted, "This batch: human label vs prediction"),
-                self.class_choices(), self.status_text())
+        if not source:
+            raise PlatformError("Choose a .zip of class folders or a server folder to import")
+        result = self.engine.import_labelled(source, user=user)
+        skipped = "; ".join(f"{n} {why}" for why, n in result["skipped"].items())
+        return (f"Imported **{result['imported']}** label(s) as **{user}** in {len(result['classes'])} classes "
+                f"({result['unchanged']} already labelled so).{' Skipped: ' + skipped + '.' if skipped else ''} "
+                "Train a version in the Train tab to use them."), self.status_text()
+
+    def import_folder(self, root_index, session_user, request: gr.Request):
+        index = _whole_number(root_index)
+        if index is None or not 0 <= index < len(self.settings.sample_roots):
+            raise PlatformError("Choose one of the configured server folders")
+        return self.import_labelled(str(self.settings.sample_roots[index]), session_user, request)
 
     # --- train tab ---
     def train(self, mode, lr, batch_size, epochs, val_fraction, unfreeze_blocks, filters, filter_size, depth,
@@ -257,7 +241,7 @@ class Handlers:
 
     def login(self, user, password):
         if auth.check_password(self.settings, user, password):
-            return user.strip(), f"Logged in as **{user.strip()}**."
+            return user.strip(), f"Logged in as **{user.strip()}**.", self.tokens.element(user.strip())
         raise PlatformError("Wrong user name or password")
 
     # --- API (gradio_client) ---
@@ -274,7 +258,6 @@ def build_app(engine: Engine) -> gr.Blocks:
     s = engine.settings
     with gr.Blocks(title="Image classifier — label, retrain, serve", delete_cache=(3600, 86400)) as demo:
         session_user = gr.State(None)
-        batch = gr.State(None)
         gr.Markdown("# Image classifier\nPredict a batch, fix the wrong labels, retrain, and the new version is live at once.")
         status = gr.Markdown(elem_id="status")
         with gr.Row():
@@ -287,48 +270,36 @@ def build_app(engine: Engine) -> gr.Blocks:
                         login_pw = gr.Textbox(label="password", type="password", scale=1)
                         login_btn = gr.Button("Log in", scale=0)
                     login_msg = gr.Markdown()
-                login_btn.click(user_errors(h.login), [login_user, login_pw], [session_user, login_msg],
-                                api_visibility="private")
 
         with gr.Tab("Predict & label"):
-            with gr.Row():
-                files = gr.File(label=f"Images or a .zip (up to {s.max_batch})", file_count="multiple",
-                                file_types=["image", ".zip"], elem_id="upload", scale=3)
-                with gr.Column(scale=1):
-                    predict_btn = gr.Button("Predict", variant="primary", elem_id="predict-btn")
-                    threshold = gr.Slider(0, 1, value=0.6, step=0.05, label="low-confidence threshold")
-                    if s.sample_roots:
-                        root = gr.Dropdown([(str(p), i) for i, p in enumerate(s.sample_roots)], value=0,
-                                           label="server folder")
-                        count = gr.Number(value=min(128, s.max_batch), precision=0, minimum=1, maximum=s.max_batch,
-                                          label="images to sample")
-                        sample_btn = gr.Button("Sample & predict", elem_id="sample-btn")
+            with gr.Row(equal_height=True):
+                upload = gr.UploadButton(f"Upload images or a .zip (up to {s.max_batch})", file_count="multiple",
+                                         file_types=["image", ".zip"], elem_id="upload", variant="primary", scale=2)
+                upload_count = gr.Markdown(elem_id="upload-count")
+                predict_btn = gr.Button("Predict", elem_id="predict-btn", scale=1)
+                threshold = gr.Slider(0, 1, value=0.6, step=0.05, label="low-confidence threshold", scale=2)
+            if s.sample_roots:
+                with gr.Row():
+                    root = gr.Dropdown([(str(p), i) for i, p in enumerate(s.sample_roots)], value=0,
+                                       label="server folder")
+                    count = gr.Number(value=min(128, s.max_batch), precision=0, minimum=1, maximum=s.max_batch,
+                                      label="images to sample")
+                    sample_btn = gr.Button("Sample & predict", elem_id="sample-btn")
+                    import_folder_btn = gr.Button("Import this folder's class sub-folders as labels",
+                                                  elem_id="import-folder-btn")
             summary = gr.Markdown(elem_id="batch-summary")
-            with gr.Row():
-                sort = gr.Radio(views.SORTS, value=views.SORTS[0], label="order")
-                class_filter = gr.Dropdown(["all"], value="all", label="show predicted class")
-            gallery = gr.Gallery(label="Predictions", columns=8, height=520, object_fit="contain",
-                                 allow_preview=True, elem_id="gallery")
-            with gr.Row():
-                dist_plot = gr.Plot(label="predicted classes")
-                conf_plot = gr.Plot(label="confidence")
-            gr.Markdown("**Correct the labels** in the *label* column (an existing class or a new name), "
-                        "or tick *select* and assign a class to many rows at once. Then **Save labels**.")
-            with gr.Row():
-                bulk_label = gr.Dropdown(engine.classes(), allow_custom_value=True, label="class to assign", scale=2)
-                bulk_sel_btn = gr.Button("Assign to selected rows", scale=1)
-                bulk_low_btn = gr.Button("Assign to all low-confidence rows", scale=1)
-            editor = gr.Dataframe(headers=views.COLUMNS, datatype=views.DATATYPES, interactive=True,
-                                  static_columns=[0, 1, 2, 3, 4, 5], max_height=600, elem_id="editor",
-                                  label="label editor")
-            with gr.Row():
-                save_btn = gr.Button("Save labels", variant="primary", elem_id="save-btn")
-                only_changed = gr.Checkbox(False, label="save only rows I changed",
-                                           info="off: every row is saved; unchanged rows count as confirmed predictions")
-                save_msg = gr.Markdown(elem_id="save-msg")
-            with gr.Row():
-                batch_acc = gr.Markdown()
-                batch_conf = gr.Plot(label="batch confusion matrix")
+            review_user = gr.HTML("", elem_id="review-user", padding=False)
+            grid = review.review_grid(engine, h.writer, h.tokens, h.class_names)
+            gr.Markdown("Each change is saved at once; press **?** in the grid for every key. Only what you set or "
+                        "confirm becomes a label: untouched predictions are never saved.")
+            with gr.Row(equal_height=True):
+                import_zip = gr.UploadButton("Import a .zip of class folders as labels", file_types=[".zip"],
+                                             elem_id="import-zip", scale=1)
+                import_msg = gr.Markdown(elem_id="import-msg")
+            with gr.Accordion("Batch charts", open=False):
+                with gr.Row():
+                    dist_plot = gr.Plot(label="predicted classes")
+                    conf_plot = gr.Plot(label="confidence")
 
         with gr.Tab("Train"):
             gr.Markdown("Trains on " + (f"the dataset `{s.dataset}` plus " if s.dataset else "") +
@@ -376,22 +347,22 @@ def build_app(engine: Engine) -> gr.Blocks:
         api_out = gr.JSON(visible=False)
         api_btn = gr.Button(visible=False)
 
-        predict_outputs = [batch, gallery, editor, summary, dist_plot, conf_plot, class_filter, batch_acc, batch_conf,
-                           save_msg, bulk_label]
-        predict_btn.click(user_errors(h.show_predictions), [files, threshold, sort], predict_outputs,
+        files = gr.State([])
+        if s.app_users:
+            login_btn.click(user_errors(h.login), [login_user, login_pw], [session_user, login_msg, review_user],
+                            api_visibility="private")
+        predict_outputs = [grid, summary, dist_plot, conf_plot]
+        upload.upload(user_errors(h.uploaded), [upload, threshold], [files, upload_count] + predict_outputs,
+                      concurrency_id="predict", concurrency_limit=2, api_visibility="private")
+        predict_btn.click(user_errors(h.show_predictions), [files, threshold], predict_outputs,
                           concurrency_id="predict", concurrency_limit=2, api_visibility="private")
         if s.sample_roots:
-            sample_btn.click(user_errors(h.sample), [root, count, threshold, sort], predict_outputs,
+            sample_btn.click(user_errors(h.sample), [root, count, threshold], predict_outputs,
                              concurrency_id="predict", concurrency_limit=2, api_visibility="private")
-        for trigger in (sort.change, class_filter.change, threshold.release):
-            trigger(user_errors(h.reorder), [batch, threshold, sort, class_filter, editor], [gallery, editor],
-                    api_visibility="private")
-        bulk_sel_btn.click(user_errors(functools.partial(h.bulk, only_low=False)), [editor, bulk_label], editor,
-                           api_visibility="private")
-        bulk_low_btn.click(user_errors(functools.partial(h.bulk, only_low=True)), [editor, bulk_label], editor,
-                           api_visibility="private")
-        save_btn.click(user_errors(h.save), [batch, editor, session_user, only_changed],
-                       [batch, save_msg, batch_acc, batch_conf, bulk_label, status], api_visibility="private")
+            import_folder_btn.click(user_errors(h.import_folder), [root, session_user], [import_msg, status],
+                                    concurrency_id="import", concurrency_limit=1, api_visibility="private")
+        import_zip.upload(user_errors(h.import_labelled), [import_zip, session_user], [import_msg, status],
+                          concurrency_id="import", concurrency_limit=1, api_visibility="private")
         # No queue of our own in front of training: a second Train click reaches the engine at once and is
         # refused there with who is training and how far (never silently queued behind the first).
         train_btn.click(user_errors(h.train), [mode, lr, batch_size, epochs, val_fraction, unfreeze, filters,

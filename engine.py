@@ -116,10 +116,12 @@ class Engine:
         """Predict uploaded files (paths, bytes, .zip archives); records images and predictions in the store.
 
         Returns ``{"results", "errors", "batch_id", "model_version", "store_error"}``; a store outage
-        never stops predictions. With no trained version yet, results carry ``label`` None (nothing is
-        invented) so the images can still be labelled. ``thumbnails`` adds a ``thumbnail`` path per result;
-        ``record=False`` writes nothing to the store; ``version`` predicts with that version instead of the
-        active one; ``max_batch`` overrides ``MAX_BATCH`` (the CLI predicts whole folders).
+        never stops predictions. Each result carries the image's current ``human_label`` from the store
+        (None when none, or when the store is unreachable or not asked) and its ``label_revision`` (0: never
+        labelled). With no trained version yet, results carry ``label`` None (nothing is invented) so the
+        images can still be labelled. ``thumbnails`` adds a ``thumbnail`` path per result; ``record=False``
+        writes nothing to the store; ``version`` predicts with that version instead of the active one;
+        ``max_batch`` overrides ``MAX_BATCH`` (the CLI predicts whole folders).
         """
         predictor = self.live.load(version) if version else self.live.current()
         images, errors = expand_uploads(sources, max_batch or self.settings.max_batch)
@@ -133,17 +135,42 @@ class Engine:
             for r in results:
                 r["thumbnail"] = str(save_thumbnail(by_sha[r["sha256"]], self.thumbs_dir, self.settings.max_image_pixels))
         batch_id, store_error = None, None
+        for r in results:
+            r.update(human_label=None, label_revision=None)  # None: unknown until the store answers
         if results and record:
             good = {r["sha256"] for r in results}
             try:
                 store = self.store()
                 store.add_images([i for i in images if i.sha256 in good], source="upload")
                 batch_id = store.record_batch([r["sha256"] for r in results], results)
+                states = store.label_states([r["sha256"] for r in results], include_reverted=True)
+                for r in results:
+                    state = states.get(r["sha256"]) or {}
+                    r.update(human_label=state.get("label"), label_revision=state.get("revision", 0))
             except PlatformError as exc:
                 store_error = f"Predictions were not recorded: {exc}"
                 log.warning("%s", store_error)
         return {"results": results, "errors": errors, "batch_id": batch_id,
                 "model_version": predictor.version if predictor else None, "store_error": store_error}
+
+    def batch_results(self, batch_id: str) -> dict:
+        """A recorded batch again, as :meth:`predict` returned it (thumbnails included), with each image's
+        current human label from the store: what a reloaded page shows."""
+        from classifier.images import ImageInput
+
+        store = self.store()
+        results = store.batch_predictions(batch_id)
+        states = store.label_states([r["sha256"] for r in results], include_reverted=True)
+        for r in results:
+            path = self.thumbs_dir / r["sha256"][:2] / f"{r['sha256']}.jpg"
+            if not path.is_file():
+                image = ImageInput(r["file"], store.image_bytes(r["sha256"]), r["sha256"])
+                path = save_thumbnail(image, self.thumbs_dir, self.settings.max_image_pixels)
+            state = states.get(r["sha256"]) or {}
+            r.update(thumbnail=str(path), human_label=state.get("label"), label_revision=state.get("revision", 0))
+        versions = {r["model_version"] for r in results if r["model_version"]}
+        return {"results": results, "errors": [], "batch_id": batch_id, "store_error": None,
+                "model_version": versions.pop() if len(versions) == 1 else None}
 
     def _unpredicted(self, images) -> tuple[list[dict], list[dict]]:
         """Rows for images when no model exists: decodable ones, with no label."""
@@ -164,14 +191,14 @@ class Engine:
         return list(predictor.labels) if predictor else []
 
     def class_names(self) -> list[str]:
-        """Every class a label may take now: the active version's plus every human label (sorted); the store's
-        part is left out while it is unreachable."""
-        names = set(self.classes())
+        """Every class a label may take now: the active version's, in its order, then every other human label
+        (sorted); the store's part is left out while it is unreachable."""
+        names = self.classes()
         try:
-            names |= set(self.store().current_labels().values())
+            names += sorted(set(self.store().current_labels().values()) - set(names))
         except PlatformError:
             pass
-        return sorted(names)
+        return names
 
     # --- labels ----------------------------------------------------------------------------------
     def save_labels(self, items: list[dict], user: str = "anonymous") -> dict:
@@ -194,13 +221,74 @@ class Engine:
             raise nothing_saved(rejected)
         result = store.save_labels(good, user=user, known_classes=self.classes())
         result["rejected"] = rejected
-        if self.journal is not None:
-            predictor = self.live.current()
-            stored = result["labels"]  # as saved: normalised, case mapped onto known classes
-            rows = [{"sha256": sha, "label": label, "user": user,
-                     "model_version": predictor.version if predictor else None} for sha, label in stored.items()]
-            self.journal.append(rows, {sha: store.image_bytes(sha) for sha in stored})
+        # as saved: normalised, case mapped onto known classes
+        self._journal(store, [{"sha256": sha, "label": lab} for sha, lab in result["labels"].items()], user)
         return result
+
+    def _journal(self, store, changes: list[dict], user: str) -> None:
+        """Append saved label changes ``[{sha256, label (None: reverted)}]`` to the Hub journal, if there is one."""
+        if self.journal is None or not changes:
+            return
+        predictor = self.live.current()
+        rows = [{"sha256": c["sha256"], "label": c["label"], "user": user,
+                 "model_version": predictor.version if predictor else None} for c in changes]
+        self.journal.append(rows, {c["sha256"]: store.image_bytes(c["sha256"]) for c in changes if c["label"] is not None})
+
+    def labels(self, shas: list[str] | None = None) -> list[dict]:
+        """The current human labels ``[{sha256, label, state, revision, updated_by, updated_at}]`` (``shas``:
+        only those images), sorted by sha256; ``state`` is "confirmed" (the prediction when saved) or "corrected"."""
+        if shas is not None and (not isinstance(shas, list) or not all(isinstance(s, str) for s in shas)):
+            raise PlatformError("sha256s must be a list of strings")
+        rows = self.store().label_states(shas)
+        return [rows[sha] for sha in sorted(rows)]
+
+    def label_states(self, shas: list[str]) -> dict[str, dict]:
+        """Like :meth:`labels` for an editor: sha256 → row, reverted images included (label None) with their
+        revision, which an edit must name."""
+        return self.store().label_states(shas, include_reverted=True)
+
+    def set_label(self, sha256: str, label: str | None, user: str = "anonymous",
+                  expected_revision: int | None = None) -> dict:
+        """One person's edit of one image: ``label`` (None reverts to no human label), saved durably once
+        ``expected_revision`` (the revision the editor saw) is still current; see ``LabelStore.set_label``."""
+        if not isinstance(sha256, str) or (label is not None and not isinstance(label, str)):
+            raise PlatformError("An edit needs a sha256 and a label (or null to revert)")
+        store = self.store()
+        result = store.set_label(sha256, label, user=user, expected_revision=expected_revision,
+                                 known_classes=self.classes())
+        if result["status"] == "saved":
+            self._journal(store, [result], user)
+        return result
+
+    def label_detail(self, sha256: str) -> dict:
+        """What a person needs to judge one image: ``{label, history (who, when, which version predicted
+        what; newest first), predictions (each version's top-k, newest first)}``."""
+        store = self.store()
+        state = store.label_states([sha256], include_reverted=True).get(sha256)
+        return {"label": state, "history": store.history(sha256, limit=50), "predictions": store.predictions_of(sha256)}
+
+    def image_bytes(self, sha256: str) -> bytes:
+        """The stored bytes of an image; PlatformError if unknown."""
+        return self.store().image_bytes(sha256)
+
+    def import_labelled(self, source, user: str = "anonymous") -> dict:
+        """Import a folder or ``.zip`` of class sub-folders as human labels by ``user`` (images stored once,
+        labels saved like any edit). Returns ``{imported, unchanged, classes, new_classes, skipped}``."""
+        from classifier.images import ImageInput
+
+        loaded = load_samples(source)
+        if not loaded.samples:
+            raise PlatformError(f"No labelled images found in {Path(str(source)).name}: expected one sub-folder "
+                                "per class holding images")
+        store = self.store()
+        origin = "folder" if Path(str(source)).is_dir() else "upload"
+        images = [ImageInput(s.name, s.read(), s.sha256) for s in loaded.samples]
+        store.add_images(images, source=origin)
+        result = store.save_labels([{"sha256": s.sha256, "label": s.label} for s in loaded.samples], user=user,
+                                   known_classes=self.classes())
+        self._journal(store, [{"sha256": sha, "label": lab} for sha, lab in result["labels"].items()], user)
+        return {"imported": result["saved"], "unchanged": result["unchanged"], "classes": loaded.classes,
+                "new_classes": result["new_classes"], "skipped": loaded.skipped}
 
     # --- training --------------------------------------------------------------------------------
     def _training_samples(self, data: str | None, human_labels: bool) -> tuple[list[Sample], LoadedData, int]:
@@ -380,16 +468,20 @@ def replay_journal(journal, store) -> int:
         return 0
     rows, images = journal.replay()
     store.add_images([ImageInput(sha[:12], data, sha) for sha, data in images.items()], source="dataset")
-    runs: list[tuple[str, dict[str, str]]] = []
+    runs: list[tuple[str, dict[str, str | None]]] = []
     for row in rows:
-        if not row.get("label") or row.get("sha256") not in images:
+        if row.get("sha256") not in images or not (row.get("label") or "label" in row):
             continue
         user = row.get("user") or "anonymous"
         if not runs or runs[-1][0] != user or row["sha256"] in runs[-1][1]:
             runs.append((user, {}))
-        runs[-1][1][row["sha256"]] = row["label"]
+        runs[-1][1][row["sha256"]] = row.get("label") or None
     for user, labels in runs:
-        store.save_labels([{"sha256": s, "label": lab} for s, lab in labels.items()], user=user)
+        items = [{"sha256": s, "label": lab} for s, lab in labels.items() if lab]
+        if items:
+            store.save_labels(items, user=user)
+        for sha in (s for s, lab in labels.items() if not lab):  # a revert: back to no human label
+            store.set_label(sha, None, user=user)
     replayed = sum(len(labels) for _, labels in runs)
     log.info("Replayed %d label changes from the Hub journal", replayed)
     return replayed

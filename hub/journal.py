@@ -291,7 +291,8 @@ class LabelJournal:
         """Rewrite ``images/metadata.jsonl`` (current label per image) when its content changed."""
         lines = [json.dumps({"file_name": self._image_names[sha].removeprefix("images/"), "sha256": sha,
                              "label": label})
-                 for sha, (_, _, label) in sorted(self._labels.items()) if sha in self._image_names]
+                 for sha, (_, _, label) in sorted(self._labels.items())
+                 if sha in self._image_names and label is not None]  # None: the label was removed (an undo)
         data = "".join(line + "\n" for line in lines).encode()
         path = self.dir / "images" / "metadata.jsonl"
         if lines and (not path.exists() or path.read_bytes() != data):

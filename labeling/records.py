@@ -146,3 +146,18 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def label_row(doc: dict) -> dict:
+    """A ``labels`` document as the editor and ``/labels`` see it: ``{sha256, label, state, revision, updated_by,
+    updated_at}``; state "untouched" (reverted), "confirmed" (the prediction when saved) or "corrected"."""
+    label = doc.get("label")
+    state = "untouched" if label is None else "confirmed" if label == doc.get("predicted") else "corrected"
+    updated = doc.get("updated")
+    return {"sha256": doc["_id"], "label": label, "state": state, "revision": doc.get("revision", 0),
+            "updated_by": doc.get("user"), "updated_at": updated.isoformat() if updated else None}
+
+
+def no_label_row(sha256: str) -> dict:
+    """The row of an image that never had a human label."""
+    return {"sha256": sha256, "label": None, "state": "untouched", "revision": 0, "updated_by": None, "updated_at": None}

@@ -26,7 +26,7 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from labeling import schema
 from labeling.connection import Connection, connect, connection_error
-from labeling.records import image_info, json_safe, prediction_doc, validate_items
+from labeling.records import image_info, json_safe, label_row, no_label_row, prediction_doc, validate_items
 from settings import PlatformError, Settings
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ _FAST = WriteConcern(w=1)
 """For bookkeeping writes that a later call repeats if lost."""
 IMAGE_SOURCES = ("upload", "folder", "dataset")
 _CHUNK = 500
+_HAS_LABEL = {"label": {"$type": "string"}}
+"""Label documents that hold a human label (a revert leaves the document with label None, keeping its revision)."""
 """Documents fetched per ``$in`` query when joining labels with images."""
 
 
@@ -229,7 +231,7 @@ class LabelStore:
         change is journaled. Saving the label an image already has changes nothing.
         """
         known_classes = list(known_classes)
-        existing = self._db[schema.LABELS].distinct("label")
+        existing = [x for x in self._db[schema.LABELS].distinct("label", _HAS_LABEL) if isinstance(x, str)]
         wanted, new_classes = validate_items(items, known_classes, existing)
         self._require_images(list(wanted))
         user = str(user or "").strip()[:128] or "anonymous"
@@ -251,34 +253,44 @@ class LabelStore:
 
     def _apply_label(self, sha: str, label: str, user: str, prediction: dict) -> bool:
         """Compare-and-set the image's label; True if it changed (or was first confirmed)."""
-        labels = self._db[schema.LABELS]
         while True:
-            current = labels.find_one({"_id": sha})
-            if current is not None and current.get("history_pending"):
-                self._write_history(current["last_change"])
+            current = self._current_label_doc(sha)
             if current is not None and current["label"] == label:
                 return False
-            revision = (current or {}).get("revision", 0) + 1
-            now = _now()
-            change = {
-                "_id": f"{sha}:{revision}", "sha256": sha, "revision": revision,
-                "previous": current["label"] if current else None, "label": label,
-                "model_version": prediction.get("model_version"), "predicted": prediction.get("label"),
-                "user": user, "time": now,
-            }
-            fields = {k: change[k] for k in ("label", "revision", "model_version", "predicted", "user")}
-            fields.update(updated=now, last_change=change, history_pending=True)
-            if current is None:
-                try:
-                    labels.insert_one({"_id": sha, **fields})
-                    break
-                except DuplicateKeyError:
-                    continue
-            elif labels.update_one({"_id": sha, "revision": current["revision"]}, {"$set": fields}).matched_count:
-                break
+            if self._commit_label(sha, current, label, user, prediction) is not None:
+                return True
             # Another writer committed in between: read again; the later commit wins.
+
+    def _current_label_doc(self, sha: str) -> dict | None:
+        """The image's label document (label None after a revert), its pending history row written first."""
+        current = self._db[schema.LABELS].find_one({"_id": sha})
+        if current is not None and current.get("history_pending"):
+            self._write_history(current["last_change"])
+        return current
+
+    def _commit_label(self, sha: str, current: dict | None, label: str | None, user: str, prediction: dict) -> dict | None:
+        """One compare-and-set of ``current`` to ``label`` (None: no human label); the change, or None if
+        another writer committed since ``current`` was read."""
+        labels = self._db[schema.LABELS]
+        revision = (current or {}).get("revision", 0) + 1
+        now = _now()
+        change = {
+            "_id": f"{sha}:{revision}", "sha256": sha, "revision": revision,
+            "previous": current["label"] if current else None, "label": label,
+            "model_version": prediction.get("model_version"), "predicted": prediction.get("label"),
+            "user": user, "time": now,
+        }
+        fields = {k: change[k] for k in ("label", "revision", "model_version", "predicted", "user")}
+        fields.update(updated=now, last_change=change, history_pending=True)
+        if current is None:
+            try:
+                labels.insert_one({"_id": sha, **fields})
+            except DuplicateKeyError:
+                return None
+        elif not labels.update_one({"_id": sha, "revision": current["revision"]}, {"$set": fields}).matched_count:
+            return None
         self._write_history(change)
-        return True
+        return change
 
     def _write_history(self, change: dict) -> None:
         """Insert a history row (idempotent by its id) and clear the label doc's pending flag."""
@@ -293,14 +305,76 @@ class LabelStore:
         """Mark batches whose images all have a human label as ``labelled``."""
         batches = self._db[schema.BATCHES]
         for batch in batches.find({"shas": {"$in": shas}, "state": {"$ne": "labelled"}}, {"shas": 1}):
-            labelled = self._db[schema.LABELS].count_documents({"_id": {"$in": batch["shas"]}})
+            labelled = self._db[schema.LABELS].count_documents({"_id": {"$in": batch["shas"]}, **_HAS_LABEL})
             if labelled == len(batch["shas"]):
                 batches.with_options(write_concern=_FAST).update_one({"_id": batch["_id"]}, {"$set": {"state": "labelled"}})
 
     @_guarded
+    def set_label(self, sha256: str, label: str | None, user: str = "anonymous", expected_revision: int | None = None,
+                  known_classes: Iterable[str] = ()) -> dict:
+        """Set (``label`` None: revert to no human label) one image's label as one person's edit.
+
+        ``expected_revision`` is the revision the editor last saw (0: none); if another writer has committed
+        since, nothing is written and the result says ``"conflict"`` with the current state. Returns
+        :meth:`label_states`' row plus ``status`` ("saved", "unchanged", "conflict") and ``new_class``.
+        """
+        new_classes: list[str] = []
+        if label is not None:
+            existing = [x for x in self._db[schema.LABELS].distinct("label", _HAS_LABEL) if isinstance(x, str)]
+            wanted, new_classes = validate_items([{"sha256": sha256, "label": label}], list(known_classes), existing)
+            label = wanted[sha256]
+        self._require_images([sha256])
+        user = str(user or "").strip()[:128] or "anonymous"
+        current = self._current_label_doc(sha256)
+        if expected_revision is not None and (current or {}).get("revision", 0) != int(expected_revision):
+            status = "conflict"
+        elif (current or {}).get("label") == label:
+            status = "unchanged"
+        else:
+            prediction = self._latest_predictions([sha256]).get(sha256, {})
+            change = self._commit_label(sha256, current, label, user, prediction)
+            status = "saved" if change is not None else "conflict"
+            if change is not None and label is not None:
+                self._refresh_batch_states([sha256])
+        row = self.label_states([sha256], include_reverted=True).get(sha256) or no_label_row(sha256)
+        return dict(row, status=status, new_class=new_classes[0] if new_classes and status == "saved" else None)
+
+    @_guarded
+    def label_states(self, shas: Iterable[str] | None = None, include_reverted: bool = False) -> dict[str, dict]:
+        """``{sha256: {sha256, label, state, revision, updated_by, updated_at}}`` for images with a human label
+        (``shas`` None: all of them). ``state`` is "confirmed" when the label is what the model predicted when it
+        was saved, else "corrected"; with ``include_reverted``, reverted images come too (label None, state
+        "untouched") so an editor knows their revision."""
+        query = {} if include_reverted else dict(_HAS_LABEL)
+        if shas is not None:
+            query["_id"] = {"$in": list(shas)}
+        fields = {"label": 1, "revision": 1, "user": 1, "updated": 1, "predicted": 1}
+        return {d["_id"]: label_row(d) for d in self._db[schema.LABELS].find(query, fields)}
+
+    @_guarded
+    def batch_predictions(self, batch_id: str) -> list[dict]:
+        """A recorded batch in upload order: ``{sha256, file, label, confidence, top_k, model_version}`` per image
+        (label None when nothing was predicted); PlatformError if the batch is unknown."""
+        batch = self._db[schema.BATCHES].find_one({"_id": str(batch_id)}, {"shas": 1})
+        if batch is None:
+            raise PlatformError("That batch is not in the store any more: upload the images again")
+        shas = batch["shas"]
+        predicted = {d["sha256"]: d for d in self._db[schema.PREDICTIONS].find({"batch_id": batch["_id"]})}
+        names = {d["_id"]: d.get("name") for d in self._db[schema.IMAGES].find({"_id": {"$in": shas}}, {"name": 1})}
+        return [{"sha256": sha, "file": names.get(sha) or sha[:12], "label": predicted.get(sha, {}).get("label"),
+                 "confidence": predicted.get(sha, {}).get("confidence"), "top_k": predicted.get(sha, {}).get("top_k") or [],
+                 "model_version": predicted.get(sha, {}).get("model_version")} for sha in shas]
+
+    @_guarded
+    def predictions_of(self, sha256: str, limit: int = 20) -> list[dict]:
+        """The image's predictions, newest first: ``{model_version, label, confidence, top_k, time}`` (JSON-safe)."""
+        cursor = self._db[schema.PREDICTIONS].find({"sha256": sha256}, {"_id": 0, "batch_id": 0, "sha256": 0})
+        return [json_safe(d) for d in cursor.sort("time", DESCENDING).limit(max(1, min(int(limit), 1000)))]
+
+    @_guarded
     def current_labels(self) -> dict[str, str]:
         """``{sha256: human label}`` for every labelled image."""
-        return {d["_id"]: d["label"] for d in self._db[schema.LABELS].find({}, {"label": 1})}
+        return {d["_id"]: d["label"] for d in self._db[schema.LABELS].find(_HAS_LABEL, {"label": 1})}
 
     @_guarded
     def known_images(self, shas: list[str]) -> set[str]:
@@ -310,14 +384,14 @@ class LabelStore:
     @_guarded
     def count_labels(self) -> int:
         """How many images have a human label."""
-        return self._db[schema.LABELS].count_documents({})
+        return self._db[schema.LABELS].count_documents(_HAS_LABEL)
 
     def labelled_samples(self) -> Iterator[LabelledImage]:
         """Every image with a current human label, in sha256 order; bytes are read lazily."""
         try:
             # Label docs are small: read them all up front so no server cursor idles out
             # while a slow consumer (training) works through the images.
-            labels = list(self._db[schema.LABELS].find({}, {"label": 1}).sort("_id", 1))
+            labels = list(self._db[schema.LABELS].find(_HAS_LABEL, {"label": 1}).sort("_id", 1))
             for start in range(0, len(labels), _CHUNK):
                 yield from self._join_images(labels[start : start + _CHUNK])
         except PyMongoError as exc:

@@ -16,8 +16,9 @@ from settings import load_settings
 
 pytestmark = pytest.mark.slow
 
-ENDPOINTS = {"/predict", "/save_labels", "/retrain", "/cancel", "/models", "/activate", "/status"}
-RESULT_KEYS = {"file", "sha256", "label", "confidence", "top_k", "model_version"}
+ENDPOINTS = {"/predict", "/save_labels", "/labels", "/retrain", "/cancel", "/models", "/activate", "/status"}
+RESULT_KEYS = {"file", "sha256", "label", "confidence", "top_k", "model_version", "human_label"}
+LABEL_KEYS = {"sha256", "label", "state", "revision", "updated_by", "updated_at"}
 
 
 def fresh_data_dir(root: Path, backbone_dir: Path) -> Path:
@@ -135,6 +136,19 @@ def test_new_class_is_saved_trained_and_predicted(client, v2, blobs_dir):
     again = client.predict(files_of(blobs_dir, 8), api_name="/predict")
     assert {r["model_version"] for r in again} == {"v2"}
     assert [r["label"] for r in again] == ["blobs"] * 8  # the images it was just trained on
+    assert [r["human_label"] for r in again] == ["blobs"] * 8  # and the human labels they carry
+
+
+def test_labels_lists_current_human_labels_optionally_for_given_images(client, v2, dataset_dir):
+    shas = [r["sha256"] for r in v2["rows"]]
+    every = client.predict(api_name="/labels")
+    assert {r["sha256"] for r in every} >= set(shas) and all(set(r) == LABEL_KEYS for r in every)
+    unlabelled = client.predict(files_of(dataset_dir / "circles", 1), api_name="/predict")[0]
+    assert unlabelled["human_label"] is None
+    some = client.predict([shas[0], unlabelled["sha256"]], api_name="/labels")
+    assert [(r["sha256"], r["label"], r["state"], r["revision"], r["updated_by"]) for r in some] == [
+        (shas[0], "blobs", "corrected", 1, "anonymous")]  # v1 could not have predicted a class it did not know
+    assert some[0]["updated_at"]
 
 
 def test_models_list_and_activate_rolls_back(client, v2, dataset_dir):

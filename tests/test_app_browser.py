@@ -1,4 +1,4 @@
-"""The whole loop in a real headless Chromium: upload, predict, correct a label, save, retrain, predict again."""
+"""The whole loop in a real headless Chromium: upload (predicted at once), correct a label, retrain, predict again."""
 from __future__ import annotations
 
 import re
@@ -11,7 +11,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"]
-CAPTION = re.compile(r"(?:⚠ )?(\w+) · (\d+)%")
 TIMEOUT_MS = 60_000
 
 
@@ -38,11 +37,13 @@ def page():
         playwright.stop()
 
 
-def captions(page) -> list[tuple[str, int]]:
-    return [(m.group(1), int(m.group(2))) for m in CAPTION.finditer(page.locator("#gallery").inner_text())]
+def cards(page) -> list[dict]:
+    return page.evaluate("""() => [...document.querySelectorAll('#review .rv-card')].map(c => ({
+        sha256: c.dataset.sha256, state: c.dataset.state, save: c.dataset.save, file: c.querySelector('img').alt,
+        pred: c.querySelector('.rv-pred-label').textContent, conf: c.querySelector('.rv-conf').textContent}))""")
 
 
-def test_predict_correct_save_retrain_and_predict_again(served, page, dataset_dir, artifacts_dir):
+def test_predict_correct_retrain_and_predict_again(served, page, dataset_dir, artifacts_dir):
     from playwright.sync_api import expect
 
     files = [path for folder in sorted(dataset_dir.iterdir()) for path in sorted(folder.glob("*.jpg"))[:10:5]]
@@ -51,47 +52,39 @@ def test_predict_correct_save_retrain_and_predict_again(served, page, dataset_di
         page.goto(served.url)
         expect(page.locator("#status")).to_contain_text("v1", timeout=TIMEOUT_MS)
 
-        # 1. predict: captions "label · NN%" in the gallery, one per image
-        page.locator("#upload input[type=file]").set_input_files(files)
-        expect(page.locator("#upload")).to_contain_text(files[-1].stem, timeout=TIMEOUT_MS)
-        expect(page.locator("#upload")).not_to_contain_text("Uploading", timeout=TIMEOUT_MS)
-        page.click("#predict-btn")
+        # 1. upload: predicted at once, a count instead of a file list, one card per image
+        with page.expect_file_chooser() as chooser:
+            page.click("#upload")
+        chooser.value.set_files(files)
         expect(page.locator("#batch-summary")).to_contain_text("6 images predicted by v1", timeout=TIMEOUT_MS)
-        expect(page.locator("#gallery")).to_contain_text(" · ", timeout=TIMEOUT_MS)
-        assert [label for label, _ in captions(page)] == [p.parent.name for p in files]
-        assert all(0 <= percent <= 100 for _, percent in captions(page))
+        expect(page.locator("#upload-count")).to_contain_text("6 files")
+        expect(page.locator("#review .rv-card")).to_have_count(6)
+        shown = cards(page)
+        assert sorted((c["file"], c["pred"]) for c in shown) == sorted((p.name, p.parent.name) for p in files)
+        assert all(c["state"] == "untouched" and re.fullmatch(r"\d+%", c["conf"]) for c in shown)
 
-        # 2. correct the first row's label to a new class in the editor: select the cell, Enter opens its
-        #    text box, type, Enter commits
-        cell = page.locator('#editor [data-testid="cell-0-6"]')
-        expect(cell).to_have_text("circles")
-        cell.click()
+        # 2. correct the focused (first) card to a new class: '/' opens the type-ahead box
+        page.keyboard.press("/")
+        page.keyboard.type("blobs")
         page.keyboard.press("Enter")
-        box = cell.locator("textarea")
-        expect(box).to_be_visible()
-        box.fill("blobs")
-        box.press("Enter")
-        expect(cell).to_contain_text("blobs")  # a selected cell also shows its menu button "⋮"
-        expect(cell).not_to_contain_text("circles")
+        first = page.locator(f'#review .rv-card[data-sha256="{shown[0]["sha256"]}"]')
+        expect(first).to_have_attribute("data-save", "saved", timeout=TIMEOUT_MS)
+        expect(first).to_have_attribute("data-state", "corrected")
+        expect(first.locator(".rv-human")).to_contain_text("blobs")
 
-        # 3. save
-        page.click("#save-btn")
-        expect(page.locator("#save-msg")).to_contain_text("Saved", timeout=TIMEOUT_MS)
-        expect(page.locator("#save-msg")).to_contain_text("New classes: blobs")
-
-        # 4. retrain from the Train tab with its default fields
+        # 3. retrain from the Train tab with its default fields
         page.get_by_role("tab", name="Train").click()
         page.click("#train-btn")
         expect(page.locator("#train-result")).to_contain_text("is live", timeout=180_000)
         expect(page.locator("#train-result")).to_contain_text("v2 is live")
 
-        # 5. the next prediction (the same files are still in the upload box) uses v2
+        # 4. the next prediction of the same files uses v2 and still shows the human label
         page.get_by_role("tab", name="Predict & label").click()
         page.click("#predict-btn")
         expect(page.locator("#batch-summary")).to_contain_text("6 images predicted by v2", timeout=TIMEOUT_MS)
-        assert len(captions(page)) == 6
-        expect(page.locator("#editor [data-testid='cell-5-1']")).to_have_text(files[-1].name)
-        page.wait_for_timeout(1000)  # let the plots' images paint before the screenshot
+        expect(page.locator("#review .rv-card")).to_have_count(6)
+        expect(page.locator(f'#review .rv-card[data-sha256="{shown[0]["sha256"]}"] .rv-human')).to_contain_text("blobs")
+        page.wait_for_timeout(500)
         page.screenshot(path=str(screenshot), full_page=True)
     except Exception:
         page.screenshot(path=str(screenshot), full_page=True)
@@ -99,4 +92,40 @@ def test_predict_correct_save_retrain_and_predict_again(served, page, dataset_di
 
     status = served.client().predict(api_name="/status")
     assert status["active_version"] == "v2" and "blobs" in status["classes"]
-    assert status["labelled_images"] == 6  # the edited row and the five confirmed predictions
+    assert status["labelled_images"] == 1  # the corrected card only: untouched predictions are not labels
+
+
+def test_first_model_from_an_imported_zip_in_four_actions(tmp_path, backbone_dir, dataset_dir, launch_app, page,
+                                                          artifacts_dir):
+    """An empty app (no model, no DATASET): import a .zip of class folders as labels, train: 4 actions."""
+    import zipfile
+
+    from playwright.sync_api import expect
+
+    data = tmp_path / "data"
+    shutil.copytree(backbone_dir, data / "backbones" / backbone_dir.name)
+    archive = tmp_path / "labelled.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(dataset_dir.rglob("*.jpg")):
+            zf.write(path, f"shapes/{path.parent.name}/{path.name}")
+    app = launch_app(data)
+    try:
+        page.goto(app.url)
+        expect(page.locator("#status")).to_contain_text("none trained yet", timeout=TIMEOUT_MS)
+        actions = 0
+        with page.expect_file_chooser() as chooser:
+            page.click("#import-zip")
+        chooser.value.set_files(archive)
+        actions += 2
+        expect(page.locator("#import-msg")).to_contain_text("Imported 30 label(s)", timeout=TIMEOUT_MS)
+        page.get_by_role("tab", name="Train").click()
+        page.click("#train-btn")
+        actions += 2
+        expect(page.locator("#train-result")).to_contain_text("v1 is live", timeout=180_000)
+        page.screenshot(path=str(artifacts_dir / "app-import-train.png"), full_page=True)
+        assert actions <= 5
+        status = app.client().predict(api_name="/status")
+        assert status["active_version"] == "v1" and status["labelled_images"] == 30
+        assert status["classes"] == ["circles", "squares", "stripes"]
+    finally:
+        app.stop()

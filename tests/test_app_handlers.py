@@ -3,25 +3,24 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import unquote
 
 import gradio as gr
 import matplotlib.pyplot as plt
-import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
 import app
 from engine import Engine
 from settings import PlatformError, load_settings
-from ui import views
+from ui import review
 
 from conftest import make_image
-
-COLUMNS = ["#", "file", "predicted", "confidence", "top-3", "flag", "label", "select"]
 
 
 def no_progress(*args, **kwargs) -> None:
@@ -73,8 +72,8 @@ def auth_handlers(tmp_path_factory, engine, dataset_dir):
     eng.close()
 
 
-def predict(handlers: app.Handlers, files, threshold: float = 0.6, sort: str = views.SORTS[0]):
-    return handlers.show_predictions(files, threshold, sort, progress=no_progress)
+def predict(handlers: app.Handlers, files, threshold: float = 0.6):
+    return handlers.show_predictions(files, threshold, progress=no_progress)
 
 
 def basic(user: str, password: str) -> SimpleNamespace:
@@ -85,29 +84,37 @@ def basic(user: str, password: str) -> SimpleNamespace:
 
 # --- predictions -----------------------------------------------------------------------------------
 
-def test_show_predictions_fills_gallery_table_and_plots(handlers, dataset_dir):
+def grid(value: str) -> dict:
+    """The review grid's value (JSON text) as a dict."""
+    return json.loads(value)
+
+
+def server(handlers: app.Handlers) -> dict:
+    """The review grid's server functions by name, as its script calls them."""
+    return {fn.__name__: fn for fn in review.server_functions(handlers.engine, handlers.writer, handlers.tokens)}
+
+
+def edit(handlers, edits: list[dict], token=None, request=None) -> dict[str, dict]:
+    """Send edits ``[{sha256, label, revision}]`` as the grid does; results by sha256."""
+    results = server(handlers)["save_edits"]({"edits": edits, "token": token}, request)
+    return {r["sha256"]: r for r in results}
+
+
+def test_show_predictions_fills_the_review_grid_and_plots(handlers, dataset_dir):
     files = dataset_files(dataset_dir, 2)
-    batch, gallery, table, summary, dist, conf, class_filter, acc_text, confusion, save_msg, bulk = predict(handlers, files)
-    assert save_msg == ""  # a new batch clears the previous save message
+    value, summary, dist, conf = predict(handlers, files)
+    rows = grid(value)["rows"]
 
-    assert len(batch["results"]) == 6 and batch["batch_id"]
-    assert len(gallery) == 6
-    for (thumb, caption), result in zip(gallery, batch["results"]):
-        assert Path(thumb).is_file()
-        label, _, percent = caption.partition(" · ")
-        assert label.lstrip("⚠ ") == result["label"] and label in {"circles", "squares", "stripes"}
-        assert percent.endswith("%") and 0 <= int(percent[:-1]) <= 100
+    assert len(rows) == 6 and grid(value)["batch_id"]
     # a frozen ImageNet backbone separates these shapes: each file is predicted as its folder's class
-    assert [r["label"] for r in batch["results"]] == [Path(f).parent.name for f in files]
-
-    assert isinstance(table, pd.DataFrame) and list(table.columns) == COLUMNS and len(table) == 6
-    assert list(table["file"]) == [Path(f).name for f in files]
-    assert list(table["label"]) == list(table["predicted"])  # pre-filled with the prediction
-    assert not table["select"].any()
+    assert [r["pred"] for r in rows] == [Path(f).parent.name for f in files]
+    assert [r["file"] for r in rows] == [Path(f).name for f in files]
+    for r in rows:
+        assert r["thumb"].startswith("gradio_api/file=") and Path(unquote(r["thumb"].split("=", 1)[1])).is_file()
+        assert 0 <= r["confidence"] <= 1 and r["top_k"][0]["label"] == r["pred"]
+    assert grid(value)["classes"][:3] == ["circles", "squares", "stripes"]
     assert "**6 images** predicted by **v1**" in summary
     assert isinstance(dist, Figure) and isinstance(conf, Figure)
-    assert class_filter["choices"] == ["all", "circles", "squares", "stripes"]
-    assert "Save labels" in acc_text and confusion is None
 
 
 def test_more_than_max_batch_is_refused_with_a_clear_message(tmp_path, backbone_dir, dataset_dir):
@@ -116,7 +123,7 @@ def test_more_than_max_batch_is_refused_with_a_clear_message(tmp_path, backbone_
         with pytest.raises(PlatformError, match=r"Too many images: at most 4 per batch"):
             predict(app.Handlers(small), dataset_files(dataset_dir, 2))
         # exactly MAX_BATCH is fine
-        assert len(predict(app.Handlers(small), dataset_files(dataset_dir, 2)[:4])[0]["results"]) == 4
+        assert len(grid(predict(app.Handlers(small), dataset_files(dataset_dir, 2)[:4])[0])["rows"]) == 4
     finally:
         small.close()
 
@@ -129,9 +136,15 @@ def test_no_files_is_a_clear_error(handlers, files):
 
 def test_user_errors_shows_the_message_as_gr_error(handlers):
     with pytest.raises(gr.Error) as caught:
-        app.user_errors(handlers.show_predictions)([], 0.6, views.SORTS[0], progress=no_progress)
+        app.user_errors(handlers.show_predictions)([], 0.6, progress=no_progress)
     assert "No images were given" in str(caught.value.message)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_an_upload_shows_a_count_not_a_list(handlers, dataset_dir):
+    files = dataset_files(dataset_dir, 2)
+    held, count, value, *_ = handlers.uploaded(files, 0.6, progress=no_progress)
+    assert held == files and count == "**6 files** uploaded" and len(grid(value)["rows"]) == 6
 
 
 def _jpeg(kind: str, color, seed: int) -> bytes:
@@ -151,100 +164,105 @@ def test_zip_upload_is_predicted_and_entry_names_are_only_names(handlers, tmp_pa
         zf.writestr("photos/z.jpg", _jpeg("stripes", (50, 70, 200), 503))
         zf.writestr("notes.txt", "not an image")
 
-    batch, gallery, table, summary, *_ = predict(handlers, [str(archive)])
+    value, summary, *_ = predict(handlers, [str(archive)])
 
-    assert [r["file"] for r in batch["results"]] == ["x.jpg", "y.jpg", "z.jpg"]
-    assert [r["label"] for r in batch["results"]] == ["circles", "squares", "stripes"]
-    assert list(table["file"]) == ["x.jpg", "y.jpg", "z.jpg"] and len(gallery) == 3
+    rows = grid(value)["rows"]
+    assert [r["file"] for r in rows] == ["x.jpg", "y.jpg", "z.jpg"]
+    assert [r["pred"] for r in rows] == ["circles", "squares", "stripes"]
     assert "1 skipped: notes.txt: not an image file" in summary
     written = {p.name for p in tmp_path.rglob("*")}
     assert not written & {"x.jpg", "y.jpg", "evil"}
     assert not (Path(handlers.settings.data_dir).parent / "x.jpg").exists()
 
 
-def test_reorder_and_filter_keep_typed_labels(handlers, dataset_dir):
-    batch, _, table, *_ = predict(handlers, dataset_files(dataset_dir, 2))
-    table.loc[table["file"] == "squares_1.jpg", "label"] = "boxes"
+# --- the review grid's edits -----------------------------------------------------------------------
 
-    gallery, shown = handlers.reorder(batch, 0.6, views.SORTS[2], "squares", table)
-
-    assert list(shown["file"]) and set(shown["predicted"]) == {"squares"} and len(gallery) == 2
-    assert dict(zip(shown["file"], shown["label"]))["squares_1.jpg"] == "boxes"
-    assert all(caption.startswith("squares · ") for _, caption in gallery)
-
-
-def test_bulk_assign_changes_only_selected_rows(handlers, dataset_dir):
-    _, _, table, *_ = predict(handlers, dataset_files(dataset_dir, 2))
-    table.loc[[0, 2], "select"] = True
-
-    out = handlers.bulk(table, " blobs ", only_low=False)
-
-    assert list(out["label"]) == ["blobs", "circles", "blobs", "squares", "stripes", "stripes"]
-    assert not out["select"].any()
-    assert list(table["label"])[0] == "circles"  # the input frame is not changed in place
-    with pytest.raises(PlatformError, match="No rows are selected"):
-        handlers.bulk(out, "blobs", only_low=False)
-    with pytest.raises(PlatformError, match="No row is below the confidence threshold"):
-        handlers.bulk(out, "blobs", only_low=True)
-    with pytest.raises(PlatformError, match="Choose or type a class"):
-        handlers.bulk(table, "  ", only_low=False)
-
-
-def test_bulk_assign_to_low_confidence_rows(handlers, dataset_dir):
-    _, _, table, *_ = predict(handlers, dataset_files(dataset_dir, 2))
-    # these shapes are predicted at ~100%: flag two rows the way views.table flags a low confidence
-    table.loc[[1, 4], "flag"] = "⚠ low"
-
-    out = handlers.bulk(table, "review", only_low=True)
-
-    assert list(out["label"]) == ["circles", "review", "squares", "squares", "review", "stripes"]
-
-
-def test_save_edited_labels_reports_count_and_stores_them(handlers, engine, dataset_dir):
+def test_each_edit_is_saved_and_untouched_predictions_never_are(handlers, engine, dataset_dir):
     files = [str(dataset_dir / "stripes" / f"stripes_{i}.jpg") for i in (7, 8, 9)]
-    batch, _, table, *_ = predict(handlers, files)
-    table.loc[0, "label"] = "zebra"
-    table.loc[1, "label"] = ""  # an empty label is left out
+    rows = grid(predict(handlers, files)[0])["rows"]
+    shas = [r["sha256"] for r in rows]
+    assert [(r["human_label"], r["revision"]) for r in rows] == [(None, 0)] * 3
 
-    batch, message, acc_text, confusion, *_ = handlers.save(batch, table, None, None)
-
-    assert message.startswith("Saved 2 label(s) as **anonymous**") and "New classes: zebra." in message
-    shas = [r["sha256"] for r in batch["results"]]
+    saved = edit(handlers, [{"sha256": shas[0], "label": "zebra", "revision": 0},
+                            {"sha256": shas[2], "label": "stripes", "revision": 0}])
+    assert (saved[shas[0]]["status"], saved[shas[0]]["state"], saved[shas[0]]["new_class"]) == ("saved", "corrected", "zebra")
+    assert (saved[shas[2]]["status"], saved[shas[2]]["state"]) == ("saved", "confirmed")
     stored = engine.store().current_labels()
     assert stored[shas[0]] == "zebra" and stored[shas[2]] == "stripes" and shas[1] not in stored
-    assert batch["saved"] == {shas[0]: "zebra", shas[2]: "stripes"}
-    assert "1/2 = 50.0%" in acc_text and isinstance(confusion, Figure)
-    # saving the same labels again changes nothing
-    _, again, *_ = handlers.save(batch, table, None, None)
-    assert again.startswith("Saved 0 label(s)") and "(2 unchanged)" in again
+
+    # predicting the batch again shows the store's labels and revisions; the untouched image stays untouched
+    value = grid(predict(handlers, files)[0])
+    again = {r["sha256"]: r for r in value["rows"]}
+    assert [(again[s]["human_label"], again[s]["revision"]) for s in shas] == [("zebra", 1), (None, 0), ("stripes", 1)]
+    # so does a reloaded page, which asks for its last batch again
+    restored = grid(server(handlers)["load_batch"]({"batch_id": value["batch_id"], "threshold": 0.6}))
+    assert [(r["sha256"], r["human_label"], r["pred"], r["file"]) for r in restored["rows"]] == \
+        [(r["sha256"], r["human_label"], r["pred"], r["file"]) for r in value["rows"]]
+    assert all(Path(unquote(r["thumb"].split("=", 1)[1])).is_file() for r in restored["rows"])
+    assert server(handlers)["load_batch"]({"batch_id": "gone"}) == ""
+    assert engine.store().current_labels()[shas[0]] == "zebra"  # a later prediction overwrote nothing
+
+    # undo: back to no human label, with a history row
+    undone = edit(handlers, [{"sha256": shas[0], "label": None, "revision": 1}])[shas[0]]
+    assert (undone["status"], undone["label"], undone["state"], undone["revision"]) == ("saved", None, "untouched", 2)
+    assert shas[0] not in engine.store().current_labels()
+    assert [(h["label"], h["previous"]) for h in engine.store().history(shas[0])][:2] == [(None, "zebra"), ("zebra", None)]
 
 
-def test_save_only_changed_rows_leaves_unreviewed_predictions_out(handlers, engine, dataset_dir):
-    files = [str(dataset_dir / "circles" / f"circles_{i}.jpg") for i in (7, 8, 9)]
-    batch, _, table, *_ = predict(handlers, files)
-    table.loc[2, "label"] = "moons"
-    batch, message, *_ = handlers.save(batch, table, None, None, only_changed=True)
-    shas = [r["sha256"] for r in batch["results"]]
-    stored = engine.store().current_labels()
-    assert message.startswith("Saved 1 label(s)") and stored[shas[2]] == "moons"
-    assert shas[0] not in stored and shas[1] not in stored
+def test_a_stale_edit_is_a_conflict_the_loser_sees(handlers, engine, dataset_dir):
+    files = [str(dataset_dir / "squares" / "squares_9.jpg")]
+    sha = grid(predict(handlers, files)[0])["rows"][0]["sha256"]
+    assert edit(handlers, [{"sha256": sha, "label": "boxes", "revision": 0}])[sha]["status"] == "saved"
+    # a second person's page still shows revision 0
+    lost = edit(handlers, [{"sha256": sha, "label": "squares", "revision": 0}])[sha]
+    assert (lost["status"], lost["label"], lost["revision"]) == ("conflict", "boxes", 1)
+    # an unknown revision (the store was down when predicting) counts as "saw no label": a conflict too
+    assert edit(handlers, [{"sha256": sha, "label": "squares", "revision": None}])[sha]["status"] == "conflict"
+    assert engine.store().current_labels()[sha] == "boxes"
 
 
-def test_save_without_a_batch_or_labels_is_a_clear_error(handlers, dataset_dir):
-    with pytest.raises(PlatformError, match="Predict a batch first"):
-        handlers.save(None, None, None, None)
-    batch, _, table, *_ = predict(handlers, dataset_files(dataset_dir, 1))
-    table["label"] = ""
-    with pytest.raises(PlatformError, match="There are no labels to save"):
-        handlers.save(batch, table, None, None)
+def test_a_bad_edit_is_an_error_on_its_card_and_the_others_are_saved(handlers, engine, dataset_dir):
+    rows = grid(predict(handlers, [str(dataset_dir / "circles" / f"circles_{i}.jpg") for i in (5, 6)])[0])["rows"]
+    results = edit(handlers, [{"sha256": rows[0]["sha256"], "label": "../x", "revision": 0},
+                              {"sha256": rows[1]["sha256"], "label": "<img src=x onerror=alert(1)>", "revision": 0}])
+    assert results[rows[0]["sha256"]]["status"] == "error" and "'/'" in results[rows[0]["sha256"]]["error"]
+    assert results[rows[1]["sha256"]]["status"] == "saved"
+    assert engine.store().current_labels()[rows[1]["sha256"]] == "<img src=x onerror=alert(1)>"
+    detail = server(handlers)["label_detail"]({"sha256": rows[1]["sha256"]})
+    assert detail["image"].startswith("data:image/jpeg;base64,")
+    assert detail["history"][0]["label"] == "<img src=x onerror=alert(1)>" and detail["predictions"][0]["model_version"] == "v1"
+
+
+def test_rows_carry_the_audit_queues_rank_and_badges():
+    result = {"batch_id": "b", "model_version": "v1", "results": [
+        {"sha256": "a" * 64, "file": "x.jpg", "label": "cat", "confidence": 0.4, "top_k": [], "rank": 2,
+         "badges": [{"kind": "suspect", "text": "<b>near dog</b>"}, "junk"]},
+        {"sha256": "b" * 64, "file": "y.jpg", "label": "dog", "confidence": 0.9, "top_k": [], "rank": True}]}
+    rows = grid(review.payload(result, ["cat", "dog"], 0.6))["rows"]
+    assert rows[0]["rank"] == 2 and rows[0]["badges"] == [{"kind": "suspect", "text": "<b>near dog</b>"}]
+    assert rows[0]["low"] and "rank" not in rows[1] and not rows[1]["low"]
+
+
+def test_import_a_zip_of_class_folders_as_labels(handlers, engine, tmp_path):
+    archive = tmp_path / "labelled.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"set/moons/m{i}.jpg", _jpeg("ellipse", (200, 200, 40), 900 + i))
+            zf.writestr(f"set/bars/b{i}.jpg", _jpeg("stripes", (20, 20, 20), 950 + i))
+    message, status = handlers.import_labelled(str(archive), None, None)
+    assert message.startswith("Imported **6** label(s) as **anonymous** in 2 classes")
+    labels = engine.store().current_labels()
+    assert sorted(v for v in labels.values() if v in ("moons", "bars")) == ["bars"] * 3 + ["moons"] * 3
+    with pytest.raises(PlatformError, match="Choose a .zip"):
+        handlers.import_labelled(None, None, None)
 
 
 def test_sample_predicts_images_from_the_server_folder(handlers, dataset_dir):
     assert handlers.settings.sample_roots == (dataset_dir.resolve(),)
-    batch, gallery, *_ = handlers.sample(0, 5, 0.6, views.SORTS[0], progress=no_progress)
-    assert len(batch["results"]) == 5 and len(gallery) == 5
+    value, *_ = handlers.sample(0, 5, 0.6, progress=no_progress)
+    assert len(grid(value)["rows"]) == 5
     with pytest.raises(PlatformError, match="Choose one of the configured sample folders"):
-        handlers.sample(3, 5, 0.6, views.SORTS[0], progress=no_progress)
+        handlers.sample(3, 5, 0.6, progress=no_progress)
 
 
 def test_models_table_and_version_details(handlers):
@@ -263,13 +281,17 @@ def test_models_table_and_version_details(handlers):
 
 def test_writes_without_login_are_refused(auth_handlers, dataset_dir):
     h = auth_handlers
-    batch, _, table, *_ = predict(h, dataset_files(dataset_dir, 1))  # predicting needs no login
-    for call in (lambda: h.save(batch, table, None, None),
-                 lambda: next(h.train("head", None, None, None, 0.2, 4, 32, 3, 3, None, None, progress=no_progress)),
+    rows = grid(predict(h, dataset_files(dataset_dir, 1))[0])["rows"]  # predicting needs no login
+    edits = [{"sha256": r["sha256"], "label": "shapes", "revision": 0} for r in rows]
+    forged = h.tokens.issue("mallory").replace("mallory", "alice")  # a token is bound to its user name
+    for results in (edit(h, edits), edit(h, edits, request=basic("alice", "wrong")), edit(h, edits, token="alice"),
+                    edit(h, edits, token=forged)):
+        assert {r["status"] for r in results.values()} == {"error"}
+        assert all("Log in to do this" in r["error"] for r in results.values())
+    for call in (lambda: next(h.train("head", None, None, None, 0.2, 4, 32, 3, 3, None, None, progress=no_progress)),
                  lambda: h.cancel(None, None),
                  lambda: h.activate_version("v1", None, None),
-                 lambda: h.save(batch, table, None, basic("alice", "wrong")),
-                 lambda: h.save(batch, table, "mallory", None)):
+                 lambda: h.import_labelled(str(dataset_dir), None, None)):
         with pytest.raises(PlatformError, match="Log in to do this"):
             call()
     assert h.engine.store().current_labels() == {}
@@ -277,7 +299,10 @@ def test_writes_without_login_are_refused(auth_handlers, dataset_dir):
 
 
 def test_login_form_checks_the_password(auth_handlers):
-    assert auth_handlers.login(" alice ", "pw") == ("alice", "Logged in as **alice**.")
+    user, message, element = auth_handlers.login(" alice ", "pw")
+    assert (user, message) == ("alice", "Logged in as **alice**.")
+    token = element.split('data-token="')[1].split('"')[0]
+    assert auth_handlers.tokens.user(token) == "alice"
     with pytest.raises(PlatformError, match="Wrong user name or password"):
         auth_handlers.login("alice", "pw2")
     with pytest.raises(PlatformError, match="Wrong user name or password"):
@@ -286,14 +311,14 @@ def test_login_form_checks_the_password(auth_handlers):
 
 def test_writes_with_session_user_or_basic_header_succeed(auth_handlers, dataset_dir):
     h = auth_handlers
-    batch, _, table, *_ = predict(h, dataset_files(dataset_dir, 1))
+    rows = grid(predict(h, dataset_files(dataset_dir, 1))[0])["rows"]
+    token = h.tokens.issue("alice")  # what the login form hands the grid
 
-    _, message, *_ = h.save(batch, table, "alice", None)
-    assert message.startswith("Saved 3 label(s) as **alice**")
-    table["label"] = "shapes"
-    _, message, *_ = h.save(batch, table, None, basic("bob", "pw2"))
-    assert message.startswith("Saved 3 label(s) as **bob**")
-    history = h.engine.store().history(batch["results"][0]["sha256"])
+    saved = edit(h, [{"sha256": r["sha256"], "label": r["pred"], "revision": 0} for r in rows], token=token)
+    assert {(r["status"], r["updated_by"]) for r in saved.values()} == {("saved", "alice")}
+    saved = edit(h, [{"sha256": r["sha256"], "label": "shapes", "revision": 1} for r in rows], request=basic("bob", "pw2"))
+    assert {(r["status"], r["updated_by"]) for r in saved.values()} == {("saved", "bob")}
+    history = h.engine.store().history(rows[0]["sha256"])
     assert [row["user"] for row in history] == ["bob", "alice"]
 
     # 0 for lr/batch size/epochs is what the page's empty Number fields send: the mode's defaults
@@ -323,9 +348,9 @@ def test_no_model_yet_predicts_unlabelled_rows_and_says_so(tmp_path, backbone_di
         assert [r["label"] for r in rows] == [None, None, None]
         assert all(r["confidence"] is None and r["top_k"] == [] and r["model_version"] is None for r in rows)
 
-        batch, gallery, table, summary, dist, conf, *_ = predict(h, files)
-        assert [caption for _, caption in gallery] == ["no model yet"] * 3
-        assert list(table["predicted"]) == ["—"] * 3 and list(table["label"]) == [""] * 3
+        value, summary, dist, conf = predict(h, files)
+        rows = grid(value)["rows"]
+        assert [(r["pred"], r["confidence"], r["human_label"]) for r in rows] == [(None, None, None)] * 3
         assert "predicted by **no model yet**" in summary and dist is None and conf is None
 
         text = h.status_text()
@@ -333,8 +358,7 @@ def test_no_model_yet_predicts_unlabelled_rows_and_says_so(tmp_path, backbone_di
         assert h.models_table().empty
         assert isinstance(app.build_app(bare), gr.Blocks)  # the page builds with no model
 
-        table.loc[0, "label"] = "circles"
-        _, message, *_ = h.save(batch, table, None, None)
-        assert message.startswith("Saved 1 label(s)") and "New classes: circles." in message
+        saved = edit(h, [{"sha256": rows[0]["sha256"], "label": "circles", "revision": 0}])[rows[0]["sha256"]]
+        assert (saved["status"], saved["new_class"], saved["state"]) == ("saved", "circles", "corrected")
     finally:
         bare.close()

@@ -62,6 +62,8 @@ def test_second_engine_with_empty_data_dir_serves_pushed_version_and_labels(hub,
     shas = [r["sha256"] for r in predicted["results"]]
     labels = {shas[0]: "circles", shas[1]: "glacier", shas[2]: "squares"}
     first.save_labels([{"sha256": s, "label": lab} for s, lab in labels.items()], user="alice")
+    assert first.set_label(shas[1], None, user="bob", expected_revision=1)["status"] == "saved"  # an undo in the grid
+    del labels[shas[1]]
     assert first.journal.flush(60), "label journal did not reach the Hub"
     assert first.publisher.queue.wait(60)
     assert first.publisher.statuses()["v1"]["state"] == "pushed"
@@ -83,7 +85,8 @@ def test_second_engine_with_empty_data_dir_serves_pushed_version_and_labels(hub,
         again = second.predict(new_images(tmp_path / "incoming2", n=2))
         assert {r["model_version"] for r in again["results"]} == {"v1"}
         history_users = {row.get("user") for row in second.store().history(limit=50)}
-        assert history_users == {"alice"}
+        assert history_users == {"alice", "bob"}
+        assert [(h["label"], h["user"]) for h in second.store().history(shas[1])] == [(None, "bob"), ("glacier", "alice")]
     finally:
         second.close()
     assert TOKEN not in logged_text(caplog)

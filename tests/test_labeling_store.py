@@ -350,3 +350,42 @@ def test_scrub_removes_raw_and_decoded_credentials():
     text = scrub(f"auth failed for alice with p@ss via {uri}; alicexyz untouched", uri)
     assert "p@ss" not in text and "p%40ss" not in text and " alice " not in text
     assert "db.example.com:27017" in text and "alicexyz" in text
+
+
+# Per-edit labels from the review grid: set, revert, revision check ------------------------------
+
+def test_set_label_reverts_to_no_label_with_a_history_row(store):
+    images = make_images(2)
+    store.add_images(images)
+    store.record_batch([i.sha256 for i in images], predictions(images, "cat"))
+    sha = images[0].sha256
+    saved = store.set_label(sha, "dog", user="ann", expected_revision=0)
+    assert (saved["status"], saved["label"], saved["state"], saved["revision"], saved["updated_by"]) == \
+        ("saved", "dog", "corrected", 1, "ann")
+    reverted = store.set_label(sha, None, user="ann", expected_revision=1)
+    assert (reverted["status"], reverted["label"], reverted["state"], reverted["revision"]) == ("saved", None, "untouched", 2)
+    assert store.current_labels() == {} and store.count_labels() == 0 and list(store.labelled_samples()) == []
+    assert [(h["revision"], h["previous"], h["label"]) for h in store.history(sha)] == [(2, "dog", None), (1, None, "dog")]
+    confirmed = store.set_label(sha, "cat", user="bob", expected_revision=2)
+    assert (confirmed["state"], confirmed["revision"]) == ("confirmed", 3)
+    assert store.label_states([sha, images[1].sha256]) == {sha: {k: confirmed[k] for k in
+                                                                 ("sha256", "label", "state", "revision", "updated_by", "updated_at")}}
+
+
+def test_set_label_with_a_stale_revision_is_a_conflict_and_writes_nothing(store):
+    images = make_images(1)
+    store.add_images(images)
+    sha = images[0].sha256
+    store.set_label(sha, "dog", user="ann", expected_revision=0)
+    lost = store.set_label(sha, "cat", user="bob", expected_revision=0)  # bob had not seen ann's edit
+    assert (lost["status"], lost["label"], lost["updated_by"], lost["revision"]) == ("conflict", "dog", "ann", 1)
+    assert store.current_labels() == {sha: "dog"} and len(store.history(sha)) == 1
+    assert store.set_label(sha, "dog", user="bob", expected_revision=1)["status"] == "unchanged"
+
+
+def test_predictions_of_lists_newest_first(store):
+    images = make_images(1)
+    store.add_images(images)
+    store.record_batch([images[0].sha256], predictions(images, "cat", "v1"))
+    store.record_batch([images[0].sha256], predictions(images, "dog", "v2"))
+    assert [(p["model_version"], p["label"]) for p in store.predictions_of(images[0].sha256)] == [("v2", "dog"), ("v1", "cat")]

@@ -23,7 +23,7 @@ from conftest import DatabaseProcess, IsolatedApp, data_dir_with_backbone, make_
 from engine import Engine
 from labeling.store import open_store
 from settings import PlatformError, load_settings
-from ui import views
+from ui import review
 
 pytestmark = pytest.mark.slow
 
@@ -185,33 +185,32 @@ def test_database_down_at_start_and_mid_session_keeps_predicting_and_loses_no_ed
         rows = client.predict([handle_file(str(p)) for p in images], api_name="/predict")  # recorded this time
         assert client.predict([{"sha256": rows[0]["sha256"], "label": "circles"}],
                               api_name="/save_labels") == {"saved": 1, "new_classes": [], "rejected": []}
-        batch, _, table, *_ = handlers.show_predictions([str(p) for p in images[:3]], 0.6, views.SORTS[0])
-        frame = table.copy()
-        frame["label"] = ["circles", "squares", "stripes"]
-        batch, message, *_ = handlers.save(batch, frame, None, None)
-        assert "Saved 2 label(s) as **anonymous** (1 unchanged)" in message  # images[0] was saved through the app
+        shas = [r["sha256"] for r in json.loads(handlers.show_predictions([str(p) for p in images[:3]], 0.6)[0])["rows"]]
+        save = next(fn for fn in review.server_functions(engine, handlers.writer, handlers.tokens)
+                    if fn.__name__ == "save_edits")
+        # the grid's per-edit saves; images[0] was saved through the API already (revision 1)
+        results = save({"edits": [{"sha256": s, "label": lab, "revision": rev} for s, lab, rev in
+                                  zip(shas, ("circles", "squares", "stripes"), (1, 0, 0))]}, None)
+        assert [r["status"] for r in results] == ["unchanged", "saved", "saved"]
 
-        # 3. outage mid-session: predictions go on, saves fail naming host:port, the UI keeps the edits
+        # 3. outage mid-session: predictions go on, saves fail naming host:port; the grid keeps and retries them
         db.stop()
         rows = client.predict([handle_file(str(p)) for p in images], api_name="/predict")
         assert [r["model_version"] for r in rows] == ["v1"] * 4 and all("error" not in r for r in rows)
         with pytest.raises(AppError) as err:
             client.predict([{"sha256": rows[1]["sha256"], "label": "squares"}], api_name="/save_labels")
         assert f"MongoDB at {db.hosts} is unreachable" in str(err.value) and MONGO_PASSWORD not in str(err.value)
-        edited = frame.copy()
-        edited["label"] = ["stripes", "circles", "squares"]
-        kept_batch, kept_frame = copy.deepcopy(batch), edited.copy()
-        with pytest.raises(PlatformError) as err:
-            handlers.save(batch, edited, None, None)
-        assert db.hosts in str(err.value) and MONGO_PASSWORD not in str(err.value)
-        assert batch == kept_batch and edited.equals(kept_frame)  # nothing the user typed is lost
+        edits = {"edits": [{"sha256": s, "label": lab, "revision": 1} for s, lab in
+                           zip(shas, ("stripes", "circles", "squares"))]}
+        failed = save(copy.deepcopy(edits), None)
+        assert [r["status"] for r in failed] == ["error"] * 3
+        assert all(db.hosts in r["error"] and MONGO_PASSWORD not in r["error"] for r in failed)
         status = client.predict(api_name="/status")
         assert status["active_version"] == "v1" and db.hosts in status["store_error"]
 
         # 4. the database is back on the same port and storage: the same edits save, earlier labels are there
         db.start()
-        batch, message, *_ = handlers.save(batch, edited, None, None)
-        assert "Saved 3 label(s)" in message
+        assert [r["status"] for r in save(edits, None)] == ["saved"] * 3
         assert client.predict([{"sha256": rows[1]["sha256"], "label": "squares"}],
                               api_name="/save_labels") == {"saved": 1, "new_classes": [], "rejected": []}
         labels = engine.store().current_labels()

@@ -26,7 +26,7 @@ from settings import PlatformError, load_settings
 from training.config import TrainConfig
 from training.data import load_samples
 from training.run import train_version
-from ui import views
+from ui import review
 
 MAX_BATCH = 8
 
@@ -51,8 +51,16 @@ def still_serving(engine: Engine) -> None:
     assert status["active_version"] == "v1" and status["store_error"] is None
 
 
-def predicted_rows(table) -> list[str]:
-    return list(table["file"])
+def grid_rows(value: str) -> list[dict]:
+    """The review grid's rows from its value (JSON text)."""
+    return json.loads(value)["rows"]
+
+
+def save_edits(handlers: Handlers, edits: list[dict]) -> dict[str, dict]:
+    """The grid's per-edit save, as its script calls it; results by sha256."""
+    save = next(fn for fn in review.server_functions(handlers.engine, handlers.writer, handlers.tokens)
+                if fn.__name__ == "save_edits")
+    return {r["sha256"]: r for r in save({"edits": edits, "token": None}, None)}
 
 
 # --- files -----------------------------------------------------------------------------------------------------
@@ -62,9 +70,9 @@ def test_a_bad_file_is_skipped_with_its_reason_and_the_good_one_is_predicted(wor
     files = write_hostile_files(world["files"] / name.split(".")[0])
     bad, fragment = files[name]
     good, _ = files["good.jpg"]
-    batch, _, table, summary, *_ = world["handlers"].show_predictions([str(good), str(bad)], 0.6, views.SORTS[0])
-    assert predicted_rows(table) == ["good.jpg"]
-    assert [r["model_version"] for r in batch["results"]] == ["v1"]
+    value, summary, *_ = world["handlers"].show_predictions([str(good), str(bad)], 0.6)
+    assert [r["file"] for r in grid_rows(value)] == ["good.jpg"]
+    assert [r["pred"] for r in grid_rows(value)] == ["circles"]
     assert "1 skipped" in summary and f"{name}: " in summary and fragment in summary
     still_serving(world["engine"])
 
@@ -127,10 +135,10 @@ def test_more_than_max_batch_files_or_none_at_all_is_refused_clearly(world):
     paths = sorted(folder.rglob("*.jpg"))
     assert len(paths) == MAX_BATCH + 1
     with pytest.raises(PlatformError, match=f"Too many images: at most {MAX_BATCH} per batch"):
-        world["handlers"].show_predictions([str(p) for p in paths], 0.6, views.SORTS[0])
+        world["handlers"].show_predictions([str(p) for p in paths], 0.6)
     for nothing in (None, [], [None]):
         with pytest.raises(PlatformError, match="No images were given"):
-            world["handlers"].show_predictions(nothing, 0.6, views.SORTS[0])
+            world["handlers"].show_predictions(nothing, 0.6)
     archive = folder / "many.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for p in paths:
@@ -212,56 +220,38 @@ def predicted_batch(world):
     for i in range(3):
         make_image("ellipse", (220, 60, 40), seed=30_000 + 10 * number + i).save(folder / f"{i}.jpg")
         paths.append(str(folder / f"{i}.jpg"))
-    batch, _, table, *_ = world["handlers"].show_predictions(paths, 0.6, views.SORTS[0])
-    return batch, table
+    return grid_rows(world["handlers"].show_predictions(paths, 0.6)[0])
 
 
 @pytest.mark.parametrize("label, fragment", [
-    ("", None), ("   \t ", None),
+    ("", "must not be empty"), ("   \t ", "must not be empty"),
     ("x" * 10_000, "is 10000 characters long; the limit is 64"),
     ("../../etc", "must not contain '/'"), ("/", "must not contain '/'"), ("..", "must not start with '.'"),
     ("cat\x00dog", "contains control characters ('\\x00')"), ("bell\x07", "contains control characters ('\\x07')"),
     ("left\u202eright", "contains control characters"),
 ])
-def test_a_bad_label_is_skipped_with_its_reason_and_its_edit_is_kept(world, predicted_batch, label, fragment):
-    batch, table = predicted_batch
-    frame = table.copy()
-    frame.loc[0, "label"] = label
-    frame.loc[1, "label"] = "squares"
-    before = json.dumps(batch, sort_keys=True, default=str)
-    store = world["engine"].store()
-    if fragment is None:  # an empty label means "no label typed": that row is left out, the others are saved
-        saved_batch, message, *_ = world["handlers"].save(batch, frame, None, None)
-        labelled = store.current_labels()
-        assert "Saved 2 label(s)" in message and batch["results"][0]["sha256"] not in labelled
-        assert labelled[batch["results"][1]["sha256"]] == "squares"
-        return
-    saved_batch, message, *_ = world["handlers"].save(batch, frame, None, None)
-    assert "Not saved (1)" in message and fragment in message
-    assert len(message) < 1000  # the 10,000-character label is not echoed whole
-    assert json.dumps(batch, sort_keys=True, default=str) == before  # the input state is not mutated
-    assert frame.loc[0, "label"] == label  # the bad edit stays in the table, to be fixed
-    labelled = store.current_labels()
-    shas = [r["sha256"] for r in batch["results"]]
-    assert shas[0] not in labelled and shas[0] not in saved_batch["saved"]
-    assert labelled[shas[1]] == "squares"  # the rest of the batch is saved
-    with pytest.raises(PlatformError) as err:  # a save of only the bad row: nothing saved, and why
-        world["handlers"].save(batch, frame.iloc[[0]], None, None)
-    assert fragment in str(err.value) and "Nothing saved" in str(err.value)
+def test_a_bad_label_is_an_error_on_its_card_and_the_others_are_saved(world, predicted_batch, label, fragment):
+    shas = [r["sha256"] for r in predicted_batch]
+    results = save_edits(world["handlers"], [{"sha256": shas[0], "label": label, "revision": 0},
+                                             {"sha256": shas[1], "label": "squares", "revision": 0}])
+    assert results[shas[0]]["status"] == "error" and fragment in results[shas[0]]["error"]
+    assert len(results[shas[0]]["error"]) < 1000  # the 10,000-character label is not echoed whole
+    assert results[shas[1]]["status"] == "saved"
+    labelled = world["engine"].store().current_labels()
+    assert shas[0] not in labelled and labelled[shas[1]] == "squares"  # the rest of the batch is saved
     still_serving(world["engine"])
 
 
 def test_unicode_labels_work_and_a_case_variant_maps_to_the_existing_class(world, predicted_batch):
-    batch, table = predicted_batch
-    frame = table.copy()
-    frame.loc[0, "label"], frame.loc[1, "label"], frame.loc[2, "label"] = "forêt", "山", "CIRCLES"
-    saved, message, *_ = world["handlers"].save(batch, frame, None, None)
-    shas = [r["sha256"] for r in batch["results"]]
+    shas = [r["sha256"] for r in predicted_batch]
+    results = save_edits(world["handlers"], [{"sha256": s, "label": lab, "revision": 0}
+                                             for s, lab in zip(shas, ("forêt", "山", "CIRCLES"))])
     labels = world["engine"].store().current_labels()
     assert [labels[s] for s in shas] == ["forêt", "山", "circles"]
-    assert "New classes: forêt, 山." in message or "New classes: 山, forêt." in message
-    frame.loc[2, "label"] = "Forêt"  # a second spelling of a class that now exists
-    world["handlers"].save(saved, frame, None, None)
+    assert {results[s]["new_class"] for s in shas} == {"forêt", "山", None}
+    # a second spelling of a class that now exists
+    again = save_edits(world["handlers"], [{"sha256": shas[2], "label": "Forêt", "revision": 1}])[shas[2]]
+    assert (again["status"], again["label"]) == ("saved", "forêt")
     assert world["engine"].store().current_labels()[shas[2]] == "forêt"
 
 

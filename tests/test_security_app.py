@@ -70,6 +70,14 @@ class BrowserSession:
                     return {"data": {self._name(i): v for i, v in zip(event["outputs"], output["data"])}}
         raise AssertionError(f"no result for {api_name}")
 
+    def grid(self, fn_name: str, body: dict):
+        """Call one of the review grid's server functions, as its script does."""
+        grid_id = next(i for i, c in self.components.items() if c.get("props", {}).get("elem_id") == "review")
+        response = self.http.post(self.url + "gradio_api/component_server/", json={
+            "data": body, "component_id": grid_id, "session_hash": self.session_hash, "fn_name": fn_name})
+        self.seen.append(response.text)
+        return response.json()
+
     def upload(self, path: Path) -> dict:
         files = {"files": (path.name, path.read_bytes())}
         stored = self.http.post(self.url + "gradio_api/upload", files=files).json()[0]
@@ -164,12 +172,12 @@ def test_the_ui_events_need_the_login_form_too(secured):
     app, seen = secured["app"], secured["seen"]
     page = BrowserSession(app.url, seen)
     page.call("models_refresh")  # as the Models tab does: the version picker now offers v1
-    predicted = page.call("show_predictions", upload=[page.upload(p) for p in secured["images"][:2]])
-    editor = predicted["data"]["editor"]
-    label_column = editor["headers"].index("label")
-    for row in editor["data"]:
-        row[label_column] = "squares"
-    for api_name, values in (("save", {"editor": editor}), ("train", {}), ("activate_version", {"version": "v1"})):
+    predicted = page.call("uploaded", upload=[page.upload(p) for p in secured["images"][:2]])
+    rows = json.loads(predicted["data"]["review"])["rows"]
+    edits = [{"sha256": r["sha256"], "label": "squares", "revision": r["revision"]} for r in rows]
+    refused = page.grid("save_edits", {"edits": edits, "token": None})
+    assert len(refused) == 2 and all(LOGIN_REFUSED in r["error"] for r in refused)
+    for api_name, values in (("train", {}), ("activate_version", {"version": "v1"})):
         assert LOGIN_REFUSED in page.call(api_name, **values).get("error", ""), api_name
     assert "Wrong user name or password" in page.call("login", user="alice", password="not-it").get("error", "")
     assert "Wrong user name or password" in page.call("login", user="alice", password=ALICE_PASSWORD + " ")["error"]
@@ -178,9 +186,10 @@ def test_the_ui_events_need_the_login_form_too(secured):
     assert "Logged in as **bob**." in logged_in["data"].values()
     # the logged-in user is a gr.State: it stays on the server, the page never holds it
     assert "bob" not in [v for v in logged_in["data"].values() if v != "Logged in as **bob**."]
-    saved = page.call("save", editor=editor)
-    assert "error" not in saved
-    assert any(str(v).startswith("Saved 2 label(s) as **bob**") for v in saved["data"].values())
+    token = logged_in["data"]["review-user"].split('data-token="')[1].split('"')[0]  # bob's, signed by the server
+    saved = page.grid("save_edits", {"edits": edits, "token": token})
+    assert [(r["status"], r["updated_by"]) for r in saved] == [("saved", "bob")] * 2
+    assert all(r["status"] == "error" for r in page.grid("save_edits", {"edits": edits, "token": "alice." + "0" * 64}))
     other_tab = BrowserSession(app.url, seen)  # a login is per browser session
     other_tab.call("models_refresh")
     assert LOGIN_REFUSED in other_tab.call("activate_version", version="v1").get("error", "")

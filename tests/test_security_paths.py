@@ -3,6 +3,7 @@ the server folder to sample from) never become filesystem paths outside the data
 from __future__ import annotations
 
 import io
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -14,7 +15,6 @@ from conftest import data_dir_with_backbone, make_image, tree_snapshot, write_da
 from engine import Engine
 from settings import PlatformError, load_settings
 from training.data import load_zip
-from ui import views
 
 
 def jpeg(seed: int) -> bytes:
@@ -43,13 +43,13 @@ def world(tmp_path_factory, backbone_dir, dataset_dir):
 @pytest.mark.parametrize("index", [-1, 2, 99, "1/../..", "../outside", str(Path("/etc")), 1.5, True, None, "", "nan"])
 def test_sampling_takes_only_an_index_into_the_configured_roots(world, index):
     with pytest.raises(PlatformError, match="Choose one of the configured sample folders"):
-        world["handlers"].sample(index, 4, 0.6, views.SORTS[0])
+        world["handlers"].sample(index, 4, 0.6)
 
 
 @pytest.mark.parametrize("index, root, count, expected", [(0, 0, 5, 5), ("1", 1, 99, 3), (1.0, 1, "lots", 1)])
 def test_sampling_from_a_configured_root_reads_only_that_root(world, index, root, count, expected):
-    batch, *_ = world["handlers"].sample(index, count, 0.6, views.SORTS[0])
-    names = {r["file"] for r in batch["results"]}
+    value, *_ = world["handlers"].sample(index, count, 0.6)
+    names = {r["file"] for r in json.loads(value)["rows"]}
     in_root = {p.name for p in world["samples"][root].rglob("*.jpg")}
     assert len(names) == expected and names <= in_root
     assert not names & {p.name for p in world["outside"].rglob("*.jpg")} - in_root

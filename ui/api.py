@@ -1,5 +1,6 @@
 """The public endpoints for ``gradio_client``, each with an explicit ``api_name``:
-``/predict`` ``/save_labels`` ``/retrain`` ``/cancel`` ``/models`` ``/activate`` ``/status``. Writes check the caller."""
+``/predict`` ``/save_labels`` ``/labels`` ``/retrain`` ``/cancel`` ``/models`` ``/activate`` ``/status``. Writes check
+the caller."""
 from __future__ import annotations
 
 import gradio as gr
@@ -9,7 +10,7 @@ from ui.errors import user_errors
 
 
 def register_api(engine: Engine, h, api_btn, api_files, api_out) -> None:
-    """The public endpoints for gradio_client: /predict /save_labels /retrain /cancel /models /activate /status."""
+    """The public endpoints for gradio_client: /predict /save_labels /labels /retrain /cancel /models /activate /status."""
     api_btn.click(user_errors(h.api_predict), api_files, api_out, api_name="predict",
                   concurrency_id="predict", concurrency_limit=2)
 
@@ -19,6 +20,12 @@ def register_api(engine: Engine, h, api_btn, api_files, api_out) -> None:
         (each rejected item with its reason; the others are saved)."""
         result = engine.save_labels(labels, user=h.writer(None, request))
         return {"saved": result["saved"], "new_classes": result["new_classes"], "rejected": result["rejected"]}
+
+    @user_errors
+    def labels(sha256s: list[str] | None = None) -> list[dict]:
+        """The current human labels [{sha256, label, state, revision, updated_by, updated_at}] (state: confirmed =
+        the prediction when saved, corrected = not); only those of the given sha256s when a list is passed."""
+        return engine.labels(sha256s)
 
     @user_errors
     def retrain(mode: str = "head", lr: float | None = None, batch_size: int | None = None, epochs: int | None = None,
@@ -52,6 +59,7 @@ def register_api(engine: Engine, h, api_btn, api_files, api_out) -> None:
         return engine.status()
 
     gr.api(save_labels, api_name="save_labels")
+    gr.api(labels, api_name="labels")
     gr.api(retrain, api_name="retrain", concurrency_id="train", concurrency_limit=8)
     gr.api(cancel, api_name="cancel", concurrency_limit=None)
     gr.api(models, api_name="models")
