@@ -24,6 +24,7 @@ from training.checkpoint import card_writer, write_run_files
 from training.config import TrainConfig
 from training.data import Sample
 from training.head import final_linear, train_linear_head
+from training.health import health_for_run
 from training.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,7 @@ def train_version(samples: list[Sample], config: TrainConfig, settings: Settings
         staged = registry.stage()
         result = _MODES[config.mode](samples, config, settings, staged, report, should_stop)
         info, metrics = result
+        metrics["data_health"] = health_for_run(samples, config, settings, registry)
         metrics.update(wall_time_s=round(time.monotonic() - started, 2), skipped=dict(skipped or {}, **metrics.get("skipped", {})))
         info.update(extra_info or {}, mode=config.mode, dataset=dataset_name, classes=metrics["labels"])
         params = config.to_dict()
