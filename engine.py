@@ -276,13 +276,21 @@ class Engine:
 
     # --- data audit (issue 14): label issues, duplicates, outliers, review order ---------------------
     def _labelled_set(self, data: str | None = None):
-        """The labelled set the audit sees (dataset folder + human labels − removed) and its embeddings."""
+        """The labelled set the audit sees (dataset folder + human labels − removed) and its embeddings;
+        remembered until a label or an audit decision changes (the dataset folder is read once)."""
         from training.review import embedder_for, gather
         from training.run import embed_samples
         store = self.store()
+        decisions = store.decisions()
+        key = (data or self.settings.dataset, hash(frozenset(store.current_labels().items())),
+               hash(frozenset(decisions.items())))
+        cached = getattr(self, "_audit_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
         base = _load_base(self.settings, data or self.settings.dataset).samples
-        labelled = gather(base, _human_samples(store), store.decisions())
+        labelled = gather(base, _human_samples(store), decisions)
         feats, _ = embed_samples(embedder_for(self.settings), labelled.entries)
+        self._audit_cache = (key, labelled, feats)
         return labelled, feats
 
     def audit(self, data: str | None = None, with_map: bool = False) -> dict:
@@ -305,9 +313,11 @@ class Engine:
         from training.review import embedder_for, queue_for
         store = self.store()
         labelled, labelled_feats = self._labelled_set()
-        inputs = [ImageInput(r.get("file") or r["sha256"][:12], store.image_bytes(r["sha256"]), r["sha256"])
-                  for r in results if r.get("sha256")]
-        feats, _ = embedder_for(self.settings).embed(inputs)
+        embedder = embedder_for(self.settings)
+        shas = [r["sha256"] for r in results if r.get("sha256")]
+        feats = embedder.cache.get_many(shas)  # a head-mode version embedded them already, with this backbone
+        missing = [ImageInput(sha[:12], store.image_bytes(sha), sha) for sha in shas if sha not in feats]
+        feats.update(embedder.embed(missing)[0] if missing else {})
         return queue_for(results, feats, labelled, labelled_feats)
 
     def _ensure_stored(self, shas: list[str]) -> dict:

@@ -108,3 +108,17 @@ def test_keep_one_excludes_the_other_copies_from_training_and_undo_brings_them_b
     engine.audit_undo(done["undo"], user="ben")
     assert store.excluded() == set() and row["duplicate_of"] not in store.decisions()
     assert [h["decision"] for h in store.decision_history(row["sha256"])] == ["clear", "remove"]
+
+
+def test_review_queue_ranks_every_predicted_image_and_badges_a_near_copy_of_a_labelled_one(audited_engine, tmp_path):
+    engine, _ = audited_engine
+    folder = Path(engine.settings.dataset) / "sneakers"
+    with Image.open(folder / "sneakers_2.jpg") as img:
+        img.resize((160, 160)).save(tmp_path / "new_copy.jpg", "JPEG", quality=70)
+    batch = engine.predict([str(tmp_path / "new_copy.jpg"), str(folder / "sneakers_3.jpg"),
+                            str(Path(engine.settings.dataset) / "trousers" / "trousers_5.jpg")])
+    queue = engine.review_queue(batch["results"])
+    assert sorted(q["rank"] for q in queue.values()) == [1, 2, 3]
+    by_file = {r["file"]: queue[r["sha256"]] for r in batch["results"]}
+    assert {"kind": "duplicate", "text": "near-duplicate of sneakers_2.jpg (sneakers)"} in by_file["new_copy.jpg"]["badges"]
+    assert all(b["kind"] in ("label", "duplicate", "outlier") for q in queue.values() for b in q["badges"])
