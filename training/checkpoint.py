@@ -54,7 +54,7 @@ def data_health_lines(health: dict | None) -> list[str]:
         return []
     if not health.get("computed"):
         return ["## Data health", "", f"Not computed: {health.get('reason', 'unknown')}.", ""]
-    sampled = f" (a class-stratified sample of {health['images']})" if health.get("sampled") else ""
+    sampled = f" (a random sample of {health['images']})" if health.get("sampled") else ""
     lines = ["## Data health", "",
              f"Audited {health['audited']} training images{sampled} with out-of-fold probabilities of the linear "
              "head and their nearest neighbours in the backbone's embedding space.", "",

@@ -14,8 +14,9 @@ from training import audit
 from training.data import Sample
 
 log = logging.getLogger(__name__)
-MAX_AUDITED = 3000
-"""Larger training sets are audited on a class-stratified sample of this many images (bounded time)."""
+MAX_AUDITED = 2000
+"""Larger training sets are audited on a random sample of this many images: the card then costs about 0.4 s
+of CPU in a retrain (measured: 0.2 / 0.4 / 0.8 CPU-seconds for 1,000 / 2,000 / 3,000 images)."""
 MAX_LISTED = 100
 """Most flagged images listed by sha256 in the card (used to count fixes in the next version)."""
 
@@ -50,8 +51,8 @@ def data_health(samples: list[Sample], feats: dict[str, np.ndarray], previous: d
             "oof_accuracy": round(float(correct.mean()), 4),
             "duplicate_sets": len(result.duplicates), "duplicate_images": sum(len(g) for g in result.duplicates),
             "outliers": int(len(result.outliers)),
-            "per_class": {n: {"count": int((y == i).sum()), "oof_accuracy": round(float(correct[y == i].mean()), 4)}
-                          for i, n in enumerate(names)},
+            "per_class": {n: {"count": sum(s.label == n for s in unique),
+                              "oof_accuracy": round(float(correct[y == i].mean()), 4)} for i, n in enumerate(names)},
             "flagged": flagged}
     card["since_previous"] = _since(card, previous, previous_version, {s.sha256: s.label for s in unique})
     card["seconds"] = round(time.perf_counter() - started, 3)
