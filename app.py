@@ -14,11 +14,13 @@ import gradio as gr
 import pandas as pd
 
 from classifier.images import list_image_files
-from engine import Engine
+from engine import Engine, TrainingBusy
 from settings import PlatformError, Settings, get_settings
+from training.checkpoint import data_health_lines
 from ui import auth, plots, review, views
 from ui.api import register_api
 from ui.errors import user_errors
+from ui.issues import build_issues_tab
 
 log = logging.getLogger("app")
 API_RESULT_KEYS = ("file", "sha256", "label", "confidence", "top_k", "model_version", "human_label")
@@ -65,8 +67,20 @@ class Handlers:
         """Predict the uploaded files → (review grid value, summary, class chart, confidence chart)."""
         progress(0, desc="reading images")
         result = self.engine.predict(files, progress=lambda f, m: progress(f, desc=m), thumbnails=True)
+        self._rank_for_review(result["results"])
         return (review.payload(result, self.class_names(), threshold), views.summary(result, threshold),
                 plots.class_distribution(result["results"]), plots.confidence_histogram(result["results"], threshold))
+
+    def _rank_for_review(self, results: list[dict]) -> None:
+        """Add the trust queue's ``rank`` and ``badges`` to each row (the grid's suggested order); without them
+        (store down, nothing labelled yet) the grid falls back to least confident first."""
+        try:
+            ranks = self.engine.review_queue(results) if results else {}
+        except PlatformError as exc:
+            log.warning("No review order for this batch: %s", exc)
+            return
+        for row in results:
+            row.update(ranks.get(row["sha256"], {}))
 
     def class_names(self) -> list[str]:
         """The legend's classes: the live model's, then every other human label."""
@@ -119,7 +133,7 @@ class Handlers:
         unchanged = (gr.skip(),) * 6
         try:
             job_id = self.engine.start_training({k: v for k, v in params.items() if v is not None}, user).id
-        except PlatformError as exc:  # busy or bad parameters: say so without marking the page as failed
+        except TrainingBusy as exc:  # someone else is training: say so without marking the page as failed
             gr.Warning(str(exc))
             yield unchanged + (f"⚠ {exc}", gr.skip())
             return
@@ -134,7 +148,7 @@ class Handlers:
             return
         yield self.result_view(snap["result"], previous) + (self.models_table(), self.status_text()) + self.training_view(snap)
 
-    def cancel(self, session_user, request: gr.Request):
+    def stop_training(self, session_user, request: gr.Request):
         user = self.writer(session_user, request)
         snap = self.engine.cancel_training(user)
         return f"⏹ Stopping {snap['user']}'s run ({snap['progress']:.0%} done): nothing will be registered."
@@ -166,7 +180,7 @@ class Handlers:
         for name, key in rows:
             get = (lambda m: f"{m.get('train_size')} / {m.get('val_size')}") if key is None else (lambda m, k=key: m.get(k))
             lines.append(f"| {name} | {get(new)} | {get(old) if old else '—'} |")
-        text = "\n".join(lines)
+        text = "\n".join(lines + [""] + data_health_lines(new.get("data_health")))
         return (text, plots.confusion_from_matrix(new.get("confusion_matrix", []), new.get("labels", []),
                                                   f"{version} on its validation images"),
                 plots.f1_comparison(new, old, version, other),
@@ -197,10 +211,10 @@ class Handlers:
             rows.append([m["version"], "✅" if m["active"] else "", m["mode"], m["created"], m.get("trained_by"),
                          verdict, promo.get("reason", ""), m["metrics"].get("accuracy"), m["metrics"].get("val_size"),
                          m["metrics"].get("macro_f1"), m["metrics"].get("train_size"), len(m["classes"]),
-                         _hub_state(m.get("hub"))])
+                         None if m.get("label_noise") is None else f"{m['label_noise']:.1%}", _hub_state(m.get("hub"))])
         return pd.DataFrame(rows, columns=["version", "active", "mode", "created", "trained by", "gate", "why",
                                            "val accuracy (own split)", "val images", "macro-F1", "train images",
-                                           "classes", "Hub"])
+                                           "classes", "est. label noise", "Hub"])
 
     def models_refresh(self):
         versions = [m["version"] for m in reversed(self.engine.models())]
@@ -342,6 +356,8 @@ def build_app(engine: Engine) -> gr.Blocks:
             with gr.Row():
                 details_conf, details_f1, details_loss = gr.Plot(), gr.Plot(), gr.Plot()
 
+        build_issues_tab(engine, h.writer, session_user)
+
         # hidden components backing the API endpoints
         api_files = gr.File(file_count="multiple", visible=False)
         api_out = gr.JSON(visible=False)
@@ -369,7 +385,7 @@ def build_app(engine: Engine) -> gr.Blocks:
                                                filter_size, depth, session_user],
                         [compare_md, train_conf, train_f1, train_loss, models_df, status, train_status, live_loss],
                         concurrency_id="train", concurrency_limit=8, api_visibility="private")
-        stop_btn.click(user_errors(h.cancel), [session_user], train_status, concurrency_limit=None,
+        stop_btn.click(user_errors(h.stop_training), [session_user], train_status, concurrency_limit=None,
                        api_visibility="private")
         # Other tabs follow a run with a timer that runs only while a job does (no polling when idle).
         train_timer = gr.Timer(2.0, active=False)

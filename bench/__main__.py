@@ -13,6 +13,8 @@ Sections (run order; --only takes these names):
   retrain     2. head retrain with cached embeddings + 128 corrections vs one scratch epoch
   app         5. the launched app under 1 and 4 concurrent clients (gradio_client)
   cold_start  6. `python app.py` until /status answers
+  audit       7. the trust queue and data audit: mislabels, a session's top 10, review effort, labels saved,
+              near-duplicates, speed (issue 14)
   levers      resolution, threads, batch size, decode threads, channels_last, batch-norm folding,
               JPEG draft (only with --levers or --only levers)
   best        4b. the best mode (finetune) with a 20-minute budget, on the whole test set
@@ -35,10 +37,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-ORDER = ("inference", "embedding", "accuracy", "retrain", "app", "cold_start", "levers", "best")
+ORDER = ("inference", "embedding", "accuracy", "retrain", "app", "cold_start", "audit", "levers", "best")
 OPTIONAL = ("levers", "best")
 """Not run by default (they would not fit the default run's ten minutes): add --levers, or name with --only."""
-REPORT_ORDER = ("inference", "retrain", "embedding", "accuracy", "best", "app", "cold_start", "levers")
+REPORT_ORDER = ("inference", "retrain", "embedding", "accuracy", "best", "app", "cold_start", "audit", "levers")
 BENCH_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
 
@@ -74,8 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _modules():
-    from bench import accuracy, app_load, best, inference, levers, retrain
-    return {"inference": inference.run_batch, "embedding": inference.run_first_embedding, "accuracy": accuracy.run,
+    from bench import accuracy, app_load, audit, best, inference, levers, retrain
+    return {"audit": audit.run, "inference": inference.run_batch, "embedding": inference.run_first_embedding, "accuracy": accuracy.run,
             "retrain": retrain.run, "app": app_load.run_load, "cold_start": app_load.run_cold_start,
             "levers": levers.run, "best": best.run}
 

@@ -15,6 +15,13 @@ Documents (times are UTC datetimes):
   ``predicted``, ``user``, ``time``.
 - ``batches``: ``_id`` batch id, ``shas``, ``created``, ``state`` ("uploaded", "predicted",
   "labelled").
+- ``audit_decisions``: ``_id`` sha256, ``decision`` ("remove": excluded from training; "keep": reviewed,
+  not an issue; "clear": neither, after an undo), ``reason``, ``duplicate_of`` (sha256 kept in its
+  duplicate set, or None), ``revision``, ``user``, ``updated``; ``last_change`` / ``history_pending`` as
+  for ``labels``.
+- ``audit_decision_history``: append-only, ``_id`` "<sha256>:<revision>", ``sha256``, ``revision``,
+  ``previous`` (decision before, None for the first), ``decision``, ``reason``, ``duplicate_of``,
+  ``user``, ``time``.
 - ``meta``: ``{"_id": "schema", "schema_version": 1}``.
 """
 from __future__ import annotations
@@ -38,6 +45,8 @@ LABELS = "labels"
 HISTORY = "label_history"
 BATCHES = "batches"
 META = "meta"
+DECISIONS = "audit_decisions"
+DECISION_HISTORY = "audit_decision_history"
 GRIDFS_BUCKET = "image_bytes"
 
 _INDEXES = {
@@ -46,6 +55,8 @@ _INDEXES = {
     LABELS: [[("label", ASCENDING)], [("updated", DESCENDING)], [("history_pending", ASCENDING)]],
     HISTORY: [[("sha256", ASCENDING), ("revision", DESCENDING)], [("time", DESCENDING)], [("model_version", ASCENDING)]],
     BATCHES: [[("created", DESCENDING)], [("shas", ASCENDING)], [("state", ASCENDING)]],
+    DECISIONS: [[("decision", ASCENDING)], [("history_pending", ASCENDING)]],
+    DECISION_HISTORY: [[("sha256", ASCENDING), ("revision", DESCENDING)], [("time", DESCENDING)]],
 }
 
 

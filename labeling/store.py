@@ -36,6 +36,8 @@ DURABLE = WriteConcern(w="majority", j=True)
 _FAST = WriteConcern(w=1)
 """For bookkeeping writes that a later call repeats if lost."""
 IMAGE_SOURCES = ("upload", "folder", "dataset")
+DECISIONS = ("remove", "keep", "clear")
+"""Audit decisions: exclude from training, reviewed and kept, neither (an undo)."""
 _CHUNK = 500
 _HAS_LABEL = {"label": {"$type": "string"}}
 """Label documents that hold a human label (a revert leaves the document with label None, keeping its revision)."""
@@ -428,6 +430,80 @@ class LabelStore:
         from labeling.export import export_samples
 
         return export_samples(self.labelled_samples(), Path(out_dir), format)
+
+    # Audit decisions (training exclusions) ---------------------------------------------
+    # "remove" excludes an image from training, "keep" marks a flagged image as reviewed, "clear" undoes
+    # both. Each change is a compare-and-set on the image's decision document with its own history row,
+    # exactly like a label change, so the trail is complete and every action can be undone.
+
+    @_guarded
+    def set_decisions(self, items: list[dict], user: str = "anonymous") -> dict:
+        """Record ``[{"sha256", "decision": "remove"|"keep"|"clear", "reason"?, "duplicate_of"?}]`` durably;
+        returns ``{"changed", "previous": {sha256: decision before (None if none)}}``."""
+        wanted: dict[str, dict] = {}
+        for item in items:
+            decision = item.get("decision") if isinstance(item, dict) else None
+            if decision not in DECISIONS:
+                raise PlatformError(f"An audit decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
+            wanted[str(item.get("sha256"))] = item
+        if not wanted:
+            raise PlatformError("No audit decisions to record")
+        self._require_images(list(wanted))
+        user = str(user or "").strip()[:128] or "anonymous"
+        previous, changed = {}, 0
+        for sha, item in wanted.items():
+            before, did = self._apply_decision(sha, item, user)
+            previous[sha], changed = before, changed + did
+        return {"changed": changed, "previous": previous}
+
+    def _apply_decision(self, sha: str, item: dict, user: str) -> tuple[str | None, bool]:
+        docs = self._db[schema.DECISIONS]
+        while True:
+            current = docs.find_one({"_id": sha})
+            if current is not None and current.get("history_pending"):
+                self._write_decision_history(current["last_change"])
+            before = current["decision"] if current else None
+            if before == item["decision"] or (before is None and item["decision"] == "clear"):
+                return before, False
+            revision = (current or {}).get("revision", 0) + 1
+            change = {"_id": f"{sha}:{revision}", "sha256": sha, "revision": revision, "previous": before,
+                      "decision": item["decision"], "reason": str(item.get("reason") or "")[:200],
+                      "duplicate_of": item.get("duplicate_of"), "user": user, "time": _now()}
+            fields = {k: change[k] for k in ("decision", "reason", "duplicate_of", "revision", "user")}
+            fields.update(updated=change["time"], last_change=change, history_pending=True)
+            if current is None:
+                try:
+                    docs.insert_one({"_id": sha, **fields})
+                    break
+                except DuplicateKeyError:
+                    continue
+            elif docs.update_one({"_id": sha, "revision": current["revision"]}, {"$set": fields}).matched_count:
+                break
+        self._write_decision_history(change)
+        return before, True
+
+    def _write_decision_history(self, change: dict) -> None:
+        with contextlib.suppress(DuplicateKeyError):
+            self._db[schema.DECISION_HISTORY].insert_one(dict(change))
+        self._db[schema.DECISIONS].with_options(write_concern=_FAST).update_one(
+            {"_id": change["sha256"], "revision": change["revision"]},
+            {"$unset": {"history_pending": "", "last_change": ""}})
+
+    @_guarded
+    def decisions(self) -> dict[str, str]:
+        """``{sha256: "remove"|"keep"}`` for every image with a standing audit decision."""
+        return {d["_id"]: d["decision"] for d in self._db[schema.DECISIONS].find({"decision": {"$ne": "clear"}}, {"decision": 1})}
+
+    def excluded(self) -> set[str]:
+        """The sha256s a person removed from training."""
+        return {sha for sha, decision in self.decisions().items() if decision == "remove"}
+
+    @_guarded
+    def decision_history(self, sha256: str | None = None, limit: int = 100) -> list[dict]:
+        """Audit decisions, newest first (JSON-safe)."""
+        query = {} if sha256 is None else {"sha256": sha256}
+        cursor = self._db[schema.DECISION_HISTORY].find(query).sort([("time", DESCENDING), ("revision", DESCENDING)])
+        return [json_safe({k: v for k, v in doc.items() if k != "_id"}) for doc in cursor.limit(max(1, min(int(limit), 10_000)))]
 
 
 def open_store(settings: Settings) -> LabelStore:

@@ -16,7 +16,7 @@ from settings import load_settings
 
 pytestmark = pytest.mark.slow
 
-ENDPOINTS = {"/predict", "/save_labels", "/labels", "/retrain", "/cancel", "/models", "/activate", "/status"}
+ENDPOINTS = {"/predict", "/save_labels", "/labels", "/retrain", "/cancel", "/models", "/activate", "/status", "/audit"}
 RESULT_KEYS = {"file", "sha256", "label", "confidence", "top_k", "model_version", "human_label"}
 LABEL_KEYS = {"sha256", "label", "state", "revision", "updated_by", "updated_at"}
 
@@ -60,7 +60,7 @@ def blobs_dir(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("new-class"), per_class=8, classes=["blobs"], offset=500) / "blobs"
 
 
-def test_public_endpoints_are_exactly_the_seven(client):
+def test_public_endpoints_are_exactly_these(client):
     api = client.view_api(return_format="dict", print_info=False)
     assert set(api["named_endpoints"]) == ENDPOINTS
     assert not api["unnamed_endpoints"]

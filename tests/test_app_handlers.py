@@ -289,7 +289,7 @@ def test_writes_without_login_are_refused(auth_handlers, dataset_dir):
         assert {r["status"] for r in results.values()} == {"error"}
         assert all("Log in to do this" in r["error"] for r in results.values())
     for call in (lambda: next(h.train("head", None, None, None, 0.2, 4, 32, 3, 3, None, None, progress=no_progress)),
-                 lambda: h.cancel(None, None),
+                 lambda: h.stop_training(None, None),
                  lambda: h.activate_version("v1", None, None),
                  lambda: h.import_labelled(str(dataset_dir), None, None)):
         with pytest.raises(PlatformError, match="Log in to do this"):

@@ -18,7 +18,7 @@ PASSWORD = "correct-horse-battery"
 SPACE = "alice/flower-labeller"
 ENV = {"HF_TOKEN": TOKEN, "APP_USERS": f"ann:{PASSWORD}", "HUB_MODEL_ID": "alice/flowers",
        "HUB_DATASET_ID": "alice/flower-labels", "HF_ALLOWED_USERS": "alice,flower-org"}
-SHIPPED = ["README.md", "app.py", "classifier/hub.py", "engine.py", "labeling/journal.py", "labeling/store.py",
+SHIPPED = ["README.md", "app.py", "classifier/hub.py", "engine/__init__.py", "labeling/journal.py", "labeling/store.py",
            "requirements.txt", "settings.py", "training/train.py", "ui/__init__.py", "ui/views.py"]
 
 
@@ -37,7 +37,7 @@ def project(tmp_path) -> Path:
     """A small project tree with everything a deploy must leave behind."""
     root = tmp_path / "project"
     files = {"app.py": "import gradio\nfrom ui import views\nimport engine, settings\n", "settings.py": "X = 1\n",
-             "engine.py": "from classifier import hub\n", "classifier/hub.py": "", "ui/__init__.py": "", "ui/views.py": "",
+             "engine/__init__.py": "from classifier import hub\n", "classifier/hub.py": "", "ui/__init__.py": "", "ui/views.py": "",
              "classifier/__pycache__/hub.cpython-311.pyc": "", "training/train.py": "", "labeling/store.py": "",
              "labeling/journal.py": "", "labeling/.env": f"HF_TOKEN={TOKEN}\n", "data/db/labels.db": "rows",
              "data/models/v1/config.json": "{}", "tests/test_x.py": "", ".venv/bin/python": "",

@@ -295,11 +295,11 @@ def test_bad_training_parameters_are_refused_before_a_job_starts(world, params, 
 def test_the_train_handler_reports_bad_parameters_from_the_form(world):
     handlers = world["handlers"]
     with pytest.raises(PlatformError, match="epochs must be between 1 and 1000, got -1"):
-        handlers.train("head", 0, 0, -1, 0.2, 4, 32, 3, 3, None, None)
+        next(handlers.train("head", 0, 0, -1, 0.2, 4, 32, 3, 3, None, None))
     with pytest.raises(PlatformError, match="depth 6 is too deep for a 96 px input"):
-        handlers.train("scratch", 0, 0, 1, 0.2, 4, 32, 15, 6, None, None)
+        next(handlers.train("scratch", 0, 0, 1, 0.2, 4, 32, 15, 6, None, None))
     with pytest.raises(PlatformError, match="lr must be a finite number, got inf"):
-        handlers.train("head", float("inf"), 0, 0, 0.2, 4, 32, 3, 3, None, None)
+        next(handlers.train("head", float("inf"), 0, 0, 0.2, 4, 32, 3, 3, None, None))
     still_serving(world["engine"])
 
 
@@ -357,7 +357,8 @@ def test_predict_cli_prints_a_reason_per_bad_file_and_predicts_the_rest(world, t
     result = run_cli("classifier", "predict", str(tmp_path / "cli"), data_dir=world["engine"].settings.data_dir,
                      cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    rows = {row["file"]: row for row in map(json.loads, result.stdout.splitlines())}
+    rows = {Path(row["file"]).name: row for row in map(json.loads, result.stdout.splitlines())}
+    assert all(row["file"].startswith(str(tmp_path / "cli")) for row in rows.values())  # paths as given
     assert rows["good.jpg"]["model_version"] == "v1"
     for name, (_, fragment) in files.items():
         if fragment:

@@ -42,9 +42,38 @@ def model_card(version: str, info: dict, metrics: dict, params: dict) -> str:
               "## Use", "", "```python", "from transformers import pipeline",
               f"classify = pipeline(\"image-classification\", model=\"<this folder or repo>\", revision=\"{version}\")",
               "classify(\"photo.jpg\")", "```", ""]
+    lines += data_health_lines(metrics.get("data_health"))
     if info.get("dataset_revision"):
         lines.insert(2, f"Labels from dataset revision `{info['dataset_revision']}`.\n")
     return "\n".join(front + [""] + lines)
+
+
+def data_health_lines(health: dict | None) -> list[str]:
+    """The card's "Data health" section (markdown lines) from ``metrics["data_health"]``."""
+    if not health:
+        return []
+    if not health.get("computed"):
+        return ["## Data health", "", f"Not computed: {health.get('reason', 'unknown')}.", ""]
+    sampled = f" (a random sample of {health['images']})" if health.get("sampled") else ""
+    lines = ["## Data health", "",
+             f"Audited {health['audited']} training images{sampled} with out-of-fold probabilities of the linear "
+             "head and their nearest neighbours in the backbone's embedding space.", "",
+             "| figure | value |", "|---|---|",
+             f"| estimated label issues | {health['estimated_issues']} |",
+             f"| estimated label-noise rate | {health['estimated_noise_rate']:.1%} |",
+             f"| out-of-fold accuracy | {health['oof_accuracy']} |",
+             f"| near-duplicate sets | {health['duplicate_sets']} ({health['duplicate_images']} images) |",
+             f"| outliers | {health['outliers']} |"]
+    since = health.get("since_previous")
+    if since:
+        lines += [f"| issues fixed since {since['version']} | {since['issues_fixed']} |",
+                  f"| new issues found since {since['version']} | {since['issues_found']} |",
+                  f"| change in images | {since['images']:+d} |",
+                  f"| change in estimated noise rate | {since['estimated_noise_rate']:+.1%} |",
+                  f"| change in out-of-fold accuracy | {since['oof_accuracy']:+.4f} |"]
+    lines += ["", "| class | images | out-of-fold accuracy |", "|---|---|---|"]
+    lines += [f"| {name} | {row['count']} | {row['oof_accuracy']} |" for name, row in health.get("per_class", {}).items()]
+    return lines + [""]
 
 
 def write_run_files(folder: Path, metrics: dict, params: dict) -> None:

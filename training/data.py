@@ -203,3 +203,9 @@ def merge_samples(base: Iterable[Sample], human: Iterable[Sample]) -> list[Sampl
     merged = {s.sha256: s for s in base}
     merged.update({s.sha256: s for s in human})
     return list(merged.values())
+
+
+def drop_excluded(samples: Iterable[Sample], excluded: set[str]) -> list[Sample]:
+    """The samples a person did not remove from training (``excluded``: sha256s, from the store's audit
+    decisions); the one place training honours exclusions."""
+    return [s for s in samples if s.sha256 not in excluded]

@@ -18,6 +18,10 @@ from training.progress import Cancelled, ProgressEvent, Report
 log = logging.getLogger(__name__)
 
 
+class TrainingBusy(PlatformError):
+    """A run was refused because another one is going on (the message names who and how far)."""
+
+
 @dataclass
 class Job:
     id: str
@@ -68,7 +72,7 @@ class TrainingJobs:
         already running (naming who and how far)."""
         with self._lock:
             if self._current is not None:
-                raise PlatformError(f"Training is busy with {self._current.describe()}. Your run was not started; "
+                raise TrainingBusy(f"Training is busy with {self._current.describe()}. Your run was not started; "
                                     "try again when it finishes, or stop it first")
             job = Job(uuid.uuid4().hex[:12], params, user)
             self._jobs[job.id] = job

@@ -25,6 +25,7 @@ from training.config import TrainConfig
 from training.data import Sample
 from training.evaluation import split
 from training.head import final_linear, train_linear_head
+from training.health import health_for_run
 from training.metrics import classification_metrics
 from training.progress import Cancelled, ProgressEvent, Report, ignore, part_of
 
@@ -173,6 +174,7 @@ def train_version(samples: list[Sample], config: TrainConfig, settings: Settings
         info, metrics = _MODES[config.mode](samples, config, settings, staged, report, stop)
         if stop():
             raise Cancelled()
+        metrics["data_health"] = health_for_run(samples, config, settings, registry)
         metrics.update(wall_time_s=round(time.monotonic() - started, 2), skipped=dict(skipped or {}, **metrics.get("skipped", {})))
         info.update(extra_info or {}, mode=config.mode, dataset=dataset_name, classes=metrics["labels"])
         params = config.to_dict()

@@ -1,6 +1,6 @@
 """The public endpoints for ``gradio_client``, each with an explicit ``api_name``:
-``/predict`` ``/save_labels`` ``/labels`` ``/retrain`` ``/cancel`` ``/models`` ``/activate`` ``/status``. Writes check
-the caller."""
+``/predict`` ``/save_labels`` ``/labels`` ``/retrain`` ``/cancel`` ``/models`` ``/activate`` ``/status`` ``/audit``.
+Writes check the caller."""
 from __future__ import annotations
 
 import gradio as gr
@@ -58,6 +58,13 @@ def register_api(engine: Engine, h, api_btn, api_files, api_out) -> None:
         """Active version, classes, labelled-image count, whether training is running."""
         return engine.status()
 
+    @user_errors
+    def audit() -> dict:
+        """Audit DATASET + every human label → {items: [{file, sha256, given, suggested, kind, score}] worst
+        first, estimated_issues, audited, seconds}. (No folder argument: clients never name server paths.)"""
+        return engine.audit()
+
+    gr.api(audit, api_name="audit", concurrency_id="train", concurrency_limit=1)
     gr.api(save_labels, api_name="save_labels")
     gr.api(labels, api_name="labels")
     gr.api(retrain, api_name="retrain", concurrency_id="train", concurrency_limit=8)

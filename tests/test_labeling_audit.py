@@ -1,0 +1,124 @@
+"""The audit as a user meets it: ``python -m labeling audit --json`` and the engine's review actions
+(accept a suggestion, keep one of a duplicate set), on real images, the real backbone and the embedded
+database."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from settings import load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+ROW_KEYS = {"file", "sha256", "given", "suggested", "kind", "score"}
+
+
+def noisy_dataset(dest: Path) -> Path:
+    """60 Fashion-MNIST images (trousers, bags, sneakers; 150-px JPEGs) in class folders, with one pair of trousers
+    filed under bags, an identical copy of one sneaker file and a re-encoded (quality 70), rescaled (−10 %)
+    copy of another."""
+    from bench.data import load_split, to_jpeg
+    images, labels = load_split("train")
+    for cls, name in ((1, "trousers"), (8, "bags"), (7, "sneakers")):
+        (dest / name).mkdir(parents=True)
+        for i, index in enumerate(np.flatnonzero(labels == cls)[:20]):
+            (dest / name / f"{name}_{i}.jpg").write_bytes(to_jpeg(images[index]))
+    (dest / "trousers" / "trousers_0.jpg").rename(dest / "bags" / "moved_trousers_0.jpg")
+    shutil.copy(dest / "sneakers" / "sneakers_0.jpg", dest / "sneakers" / "copy_of_sneakers_0.jpg")
+    with Image.open(dest / "sneakers" / "sneakers_1.jpg") as img:
+        buffer = io.BytesIO()
+        img.resize((135, 135)).save(buffer, "JPEG", quality=70)
+    (dest / "sneakers" / "rescaled_sneakers_1.jpg").write_bytes(buffer.getvalue())
+    return dest
+
+
+@pytest.mark.slow
+def test_audit_cli_prints_one_json_object_per_flagged_image_then_a_summary(tmp_path, settings):
+    data = noisy_dataset(tmp_path / "noisy")
+    env = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URI", "HF_TOKEN", "HUB_DATASET_ID", "DATASET")}
+    env["DATA_DIR"] = str(settings.data_dir)
+    result = subprocess.run([sys.executable, "-m", "labeling", "audit", "--data", str(data), "--json"], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    rows, summary = lines[:-1], lines[-1]
+    assert set(summary) == {"estimated_issues", "audited", "seconds"}
+    assert summary["audited"] == 61  # 62 files, two of them identical
+    assert summary["estimated_issues"] >= 1 and summary["seconds"] > 0
+    assert rows and all(set(r) == ROW_KEYS for r in rows)
+    assert all(r["kind"] in ("label", "duplicate", "outlier") for r in rows)
+    kinds = [r["kind"] for r in rows]
+    assert kinds == sorted(kinds, key=["duplicate", "label", "outlier"].index), "worst first: duplicates, labels, outliers"
+    for kind in set(kinds):
+        scores = [r["score"] for r in rows if r["kind"] == kind]
+        assert scores == sorted(scores, reverse=True)
+    moved = next(r for r in rows if r["file"] == "moved_trousers_0.jpg")
+    assert (moved["kind"], moved["given"], moved["suggested"]) == ("label", "bags", "trousers")
+    assert moved == max((r for r in rows if r["kind"] == "label"), key=lambda r: r["score"])
+    duplicates = {r["file"] for r in rows if r["kind"] == "duplicate"}
+    assert duplicates == {"sneakers_0.jpg", "sneakers_1.jpg"}  # each set's other member is the one kept
+
+
+@pytest.fixture
+def audited_engine(tmp_path, settings):
+    from engine import Engine
+    data = noisy_dataset(tmp_path / "noisy")
+    engine = Engine(load_settings({"DATA_DIR": str(settings.data_dir), "DATASET": str(data)}))
+    yield engine, engine.audit()
+    engine.close()
+
+
+def test_accept_suggestion_saves_a_human_label_with_history_and_undo_restores_the_given_one(audited_engine):
+    engine, result = audited_engine
+    row = next(r for r in result["items"] if r["file"] == "moved_trousers_0.jpg")
+    done = engine.audit_accept([{"sha256": row["sha256"], "label": row["suggested"]}], user="ana")
+    store = engine.store()
+    assert done["saved"] == 1 and store.current_labels()[row["sha256"]] == "trousers"
+    change = store.history(row["sha256"])[0]
+    assert (change["previous"], change["label"], change["user"]) == (None, "trousers", "ana")
+    assert not any(r["sha256"] == row["sha256"] and r["kind"] == "label" for r in engine.audit()["items"])
+
+    engine.audit_undo(done["undo"], user="ana")
+    assert store.current_labels()[row["sha256"]] == "bags"
+    assert [h["label"] for h in store.history(row["sha256"])] == ["bags", "trousers"]
+
+
+def test_keep_one_excludes_the_other_copies_from_training_and_undo_brings_them_back(audited_engine):
+    from training.data import drop_excluded, load_samples
+    engine, result = audited_engine
+    row = next(r for r in result["items"] if r["kind"] == "duplicate" and r["file"] == "sneakers_1.jpg")
+    done = engine.audit_keep_one(row["duplicate_of"], [row["sha256"]], user="ben")
+    store = engine.store()
+    assert store.excluded() == {row["sha256"]}
+    assert store.decisions()[row["duplicate_of"]] == "keep"
+    removal = store.decision_history(row["sha256"])[0]
+    assert (removal["decision"], removal["duplicate_of"], removal["user"]) == ("remove", row["duplicate_of"], "ben")
+    samples = load_samples(engine.settings.dataset).samples
+    assert row["sha256"] not in {s.sha256 for s in drop_excluded(samples, store.excluded())}
+    assert not any(r["sha256"] == row["sha256"] for r in engine.audit()["items"])
+
+    engine.audit_undo(done["undo"], user="ben")
+    assert store.excluded() == set() and row["duplicate_of"] not in store.decisions()
+    assert [h["decision"] for h in store.decision_history(row["sha256"])] == ["clear", "remove"]
+
+
+def test_review_queue_ranks_every_predicted_image_and_badges_a_near_copy_of_a_labelled_one(audited_engine, tmp_path):
+    engine, _ = audited_engine
+    folder = Path(engine.settings.dataset) / "sneakers"
+    with Image.open(folder / "sneakers_2.jpg") as img:
+        img.resize((160, 160)).save(tmp_path / "new_copy.jpg", "JPEG", quality=70)
+    batch = engine.predict([str(tmp_path / "new_copy.jpg"), str(folder / "sneakers_3.jpg"),
+                            str(Path(engine.settings.dataset) / "trousers" / "trousers_5.jpg")])
+    queue = engine.review_queue(batch["results"])
+    assert sorted(q["rank"] for q in queue.values()) == [1, 2, 3]
+    by_file = {r["file"]: queue[r["sha256"]] for r in batch["results"]}
+    assert {"kind": "duplicate", "text": "near-duplicate of sneakers_2.jpg (sneakers)"} in by_file["new_copy.jpg"]["badges"]
+    assert all(b["kind"] in ("label", "duplicate", "outlier") for q in queue.values() for b in q["badges"])
