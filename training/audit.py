@@ -273,8 +273,10 @@ def review_order(probs: np.ndarray | None, x_new: np.ndarray, x_labelled: np.nda
     """Order in which to review new images: returns (order (n,), wrongness 0–1 (n,), outlier flags (n,)).
 
     With a model (``probs`` (n, classes)) and at least 2 labels per class: outliers first, then most likely
-    wrong first (low top-1/top-2 margin and kNN neighbours that disagree with the prediction). Otherwise
-    (cold start): typical examples of each cluster first, one cluster after another.
+    wrong first (low top-1/top-2 margin and kNN neighbours that disagree with the prediction). With a model
+    but too few labels for neighbour votes (one trained on data this store does not hold): lowest margin
+    first. Without a model (cold start): typical examples of each cluster first, one cluster after another,
+    so the first labels teach the most.
     """
     with threadpool_limits(BLAS_THREADS):
         return _review_order(probs, x_new, x_labelled, y_labelled, classes)
@@ -283,14 +285,16 @@ def review_order(probs: np.ndarray | None, x_new: np.ndarray, x_labelled: np.nda
 def _review_order(probs, x_new, x_labelled, y_labelled, classes):
     unit_new = normalise(x_new)
     counts = np.bincount(np.asarray(y_labelled, dtype=np.int64), minlength=classes) if len(y_labelled) else np.zeros(classes)
-    if probs is None or len(y_labelled) == 0 or counts.min() < 2:
+    if probs is None:
         order = typical_first(unit_new, max(classes, 2))
         return order, np.zeros(len(x_new)), np.zeros(len(x_new), bool)
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    if len(y_labelled) == 0 or counts.min() < 2:
+        return np.argsort(margin, kind="stable"), 1 - margin, np.zeros(len(x_new), bool)
     unit_old = normalise(x_labelled)
     idx, sims, _ = neighbours(unit_new, unit_old)
     vote = knn_vote(idx, sims, np.asarray(y_labelled, dtype=np.int64), classes)
-    top2 = np.sort(probs, axis=1)[:, -2:]
-    margin = top2[:, 1] - top2[:, 0]
     predicted = probs.argmax(1)
     wrongness = MARGIN_WEIGHT * (1 - margin) + (1 - MARGIN_WEIGHT) * (1 - vote[np.arange(len(probs)), predicted])
     _, own_sims, _ = neighbours(unit_old)
