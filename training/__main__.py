@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; nothing was registered", file=sys.stderr)
         return 130
-    if settings.hub_model_id and settings.hf_token:
+    if settings.hub_model_id and settings.hf_token and result["version"]:  # torchrun: rank 0 only
         result["hub"] = push_to_hub(settings, result["version"], activate=not run_args.no_activate)
     print(json.dumps(result, ensure_ascii=False))
     return 0
