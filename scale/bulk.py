@@ -60,7 +60,8 @@ class BulkJob:
 
 def run_bulk(job: BulkJob, settings: Settings) -> dict:
     """Run ``job``; returns a summary: ``model_version``, ``listed``, ``skipped`` (already in the output),
-    ``scored``, ``errors``, ``seconds`` (scoring only, not cluster start) and ``images_per_s``."""
+    ``scored``, ``errors``, ``seconds`` (scoring only, not cluster start), ``first_rows_seconds`` (until the
+    first batch came back: actor start and model load for ``ray``) and ``images_per_s``."""
     from classifier.registry import LocalRegistry
 
     source = resolve_source(job.source)
@@ -80,7 +81,7 @@ def run_bulk(job: BulkJob, settings: Settings) -> dict:
     sink = _Sink(writer, job, source, settings, predictor)
     if job.record:
         sink.record_pending()
-    started = None
+    started = first_row = None
     if todo:
         rows, started = _engine_rows(job, source, todo, folder, predictor, settings)
         bar = tqdm(total=len(todo), file=sys.stderr, unit="img", disable=not job.progress)
@@ -88,6 +89,7 @@ def run_bulk(job: BulkJob, settings: Settings) -> dict:
             for batch_rows, embeddings in rows:
                 if started is None:
                     started = time.monotonic()
+                first_row = first_row or time.monotonic()
                 sink.add(batch_rows, embeddings)
                 bar.update(len(batch_rows))
             sink.flush()
@@ -96,6 +98,7 @@ def run_bulk(job: BulkJob, settings: Settings) -> dict:
     seconds = time.monotonic() - started if started else 0.0
     return {"model_version": version, "listed": len(keys), "skipped": len(keys) - len(todo), "scored": sink.scored,
             "errors": sink.errors, "seconds": round(seconds, 3),
+            "first_rows_seconds": round(first_row - started, 3) if first_row else None,
             "images_per_s": round(sink.scored / seconds, 2) if seconds else None, "out": str(job.out)}
 
 

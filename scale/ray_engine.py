@@ -71,11 +71,12 @@ def connect(address: str | None, temp_dir: Path | None = None):
         return ray
     quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                  configure_logging=False)
+    # Workers import this project: where the nodes run the same image (or this machine), its root is the path.
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
     try:
         if address:
-            ray.init(address=address, **quiet)
+            ray.init(address=address, runtime_env={"env_vars": env}, **quiet)
         else:
-            env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
             ray.init(address="local", _temp_dir=str(temp_dir) if temp_dir else None,
                      runtime_env={"env_vars": env}, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
