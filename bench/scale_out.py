@@ -9,9 +9,11 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,8 +42,9 @@ def run(bench) -> dict:
     pool = _interleaved_files(bench.slices().retrain_base)
     parity_dir = _link_slice(bench.run_dir / "scale-images" / "parity", pool[:sizes["parity"]])
     resume_dir = _link_slice(bench.run_dir / "scale-images" / "resume", pool[:sizes["resume"]])
+    ray_dir = Path(tempfile.mkdtemp(prefix="ray-bench-"))  # short: Ray's socket paths must fit in 107 bytes
     started = time.perf_counter()
-    ray_engine.connect(None, Path(bench.fresh_dir("ray")))
+    ray_engine.connect(None, ray_dir)
     cluster_start = time.perf_counter() - started
     try:
         parity = _parity(bench, settings, parity_dir)
@@ -49,6 +52,7 @@ def run(bench) -> dict:
     finally:
         import ray
         ray.shutdown()
+        shutil.rmtree(ray_dir, ignore_errors=True)
     ddp = _ddp(bench, pool[:sizes["ddp_train"]])
     figures = parity["figures"] + resume["figures"] + ddp["figures"]
     return {"name": "scale", "title": "Scale-out: Ray Data bulk prediction, resume, torchrun DDP",

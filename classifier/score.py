@@ -69,7 +69,8 @@ def scores_from_pixels(fm: FeatureModel, pixels: np.ndarray) -> Scores:
     return scores_from_embeddings(fm, feats)
 
 
-def score_batch(fm: FeatureModel, images: list[ImageInput], max_pixels: int) -> tuple[Scores, list[ImageInput], dict[str, str]]:
+def score_batch(fm: FeatureModel, images: list[ImageInput], max_pixels: int
+                ) -> tuple[Scores, list[ImageInput], dict[str, str]]:
     """Score a batch of images in-process: ``(scores of the readable ones, those images in row order,
     error message by sha256 for the others)``."""
     arrays, good, errors = [], [], {}
@@ -80,8 +81,9 @@ def score_batch(fm: FeatureModel, images: list[ImageInput], max_pixels: int) -> 
         except PlatformError as exc:
             errors[image.sha256] = str(exc)
     if not arrays:
-        width = final_features(fm)
-        return Scores(class_names(fm), np.zeros((0, len(class_names(fm))), np.float32), np.zeros((0, width), np.float32)), [], errors
+        names = class_names(fm)
+        empty = Scores(names, np.zeros((0, len(names)), np.float32), np.zeros((0, final_features(fm)), np.float32))
+        return empty, [], errors
     return scores_from_pixels(fm, np.stack(arrays)), good, errors
 
 

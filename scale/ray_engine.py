@@ -64,7 +64,8 @@ def plan_resources(total_cpus: float, total_gpus: float, actors: int | None = No
 
 def connect(address: str | None, temp_dir: Path | None = None):
     """Join the cluster at ``address`` (``auto``, ``ray://host:10001``, ``host:6379``), or start a local one
-    (logs and session files under ``temp_dir`` when given). Returns the ``ray`` module."""
+    (logs and session files under ``temp_dir`` when given: a short path, as Ray's socket paths under it must
+    stay within 107 bytes). Returns the ``ray`` module."""
     import ray
 
     if ray.is_initialized():
@@ -79,8 +80,9 @@ def connect(address: str | None, temp_dir: Path | None = None):
         else:
             ray.init(address="local", _temp_dir=str(temp_dir) if temp_dir else None,
                      runtime_env={"env_vars": env}, **quiet)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise PlatformError(f"Could not {'reach the Ray cluster at ' + address if address else 'start a local Ray cluster'}: {exc}") from None
+    except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
+        what = f"reach the Ray cluster at {address}" if address else "start a local Ray cluster"
+        raise PlatformError(f"Could not {what}: {exc}") from None
     return ray
 
 

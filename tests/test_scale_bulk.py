@@ -123,3 +123,22 @@ def test_bulk_predictions_are_recorded_in_the_store(head_version, dataset_dir, t
         assert store.count_labels() == 0  # predictions are not labels
     finally:
         store.close()
+
+
+def test_score_batch_is_what_predict_batch_serves(head_version, dataset_dir):
+    from classifier.images import ImageInput
+    from classifier.live import LiveModel
+    from classifier.registry import LocalRegistry
+    from classifier.score import score_batch, top_k_rows
+
+    predictor = LiveModel(LocalRegistry(head_version.models_dir), head_version).load("v1")
+    predictor.embedder.cache = None  # compute, do not read the session's cached features
+    images = [ImageInput.from_bytes(p.read_bytes(), p.name) for p in sorted(dataset_dir.rglob("*.jpg"))[:6]]
+    images.append(ImageInput.from_bytes(b"not an image", "junk.jpg"))
+    scores, good, errors = score_batch(predictor.fm, images, head_version.max_image_pixels)
+    served, failed = predictor.predict_batch(images)
+    assert scores.probabilities.shape == (6, 3) and scores.embeddings.shape[0] == 6
+    assert [g.name for g in good] == [r["file"] for r in served] and list(errors) == [images[-1].sha256]
+    assert [r["file"] for r in failed] == ["junk.jpg"]
+    for row, ours in zip(served, top_k_rows(scores, 3)):
+        assert row["label"] == ours["label"] and abs(row["confidence"] - ours["confidence"]) <= 1e-5
