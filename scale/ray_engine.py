@@ -151,6 +151,7 @@ def stream_scores(keys: list[str], source, folder: Path, version: str, spec: Pix
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the CLI draws one bar over images, not one per operator
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-run INFO lines would bury the bar
     blocks = max(1, min(-(-len(keys) // batch_size), 2000))  # one batch per block: rows stream back steadily
     dataset = ray.data.from_items([{"path": k} for k in keys], override_num_blocks=blocks)
     # Read tasks: 1 CPU each, at most ``read_cpus`` at once, spread over the nodes. The actors' different
