@@ -142,3 +142,16 @@ def test_score_batch_is_what_predict_batch_serves(head_version, dataset_dir):
     assert [r["file"] for r in failed] == ["junk.jpg"]
     for row, ours in zip(served, top_k_rows(scores, 3)):
         assert row["label"] == ours["label"] and abs(row["confidence"] - ours["confidence"]) <= 1e-5
+
+
+def test_cli_asks_for_an_output_folder_before_starting_ray(dataset_dir, tmp_path, monkeypatch, capsys):
+    from classifier.__main__ import main
+    from settings import get_settings
+
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()  # the CLI reads settings once per process: read this test's DATA_DIR
+    try:
+        assert main(["predict", str(dataset_dir), "--engine", "ray"]) == 2
+    finally:
+        get_settings.cache_clear()
+    assert "--out" in capsys.readouterr().err
