@@ -116,7 +116,8 @@ class ScoreActor:
         from classifier.predict import Predictor
 
         torch.set_num_threads(torch_threads)
-        self.predictor = Predictor.load(Path(folder), version, None, 1)
+        # No cache and no decoding here (the read tasks decode): this predictor only turns pixels into scores.
+        self.predictor = Predictor.load(Path(folder), version, None, max_pixels=1)
         if torch.cuda.is_available():
             self.predictor.fm.base.to("cuda")
             self.predictor.fm.head.to("cuda")

@@ -46,7 +46,7 @@ class Source:
             return [_read_file(k) for k in keys]
         if self.kind == "zip":
             with _open_zip(self.location) as archive:
-                return [_read_member(archive, k.split("::", 1)[1]) for k in keys]
+                return [_read_member(archive, k[len(self.location) + 2:]) for k in keys]
         dataset, column = _dataset(self.location, self.split)
         rows = dataset.select([int(k.rsplit("[", 1)[1].rstrip("]")) for k in keys])
         out: list[bytes | str] = []
