@@ -61,7 +61,7 @@ class BulkJob:
 def run_bulk(job: BulkJob, settings: Settings) -> dict:
     """Run ``job``; returns a summary: ``model_version``, ``listed``, ``skipped`` (already in the output),
     ``scored``, ``errors``, ``seconds`` (scoring only, not cluster start), ``first_rows_seconds`` (until the
-    first batch came back: actor start and model load for ``ray``) and ``images_per_s``."""
+    first batch, of ``first_rows`` rows, came back: actor start and model load for ``ray``) and ``images_per_s``."""
     from classifier.registry import LocalRegistry
 
     source = resolve_source(job.source)
@@ -82,6 +82,7 @@ def run_bulk(job: BulkJob, settings: Settings) -> dict:
     if job.record:
         sink.record_pending()
     started = first_row = None
+    first_count = 0
     if todo:
         rows, started = _engine_rows(job, source, todo, folder, predictor, settings)
         bar = tqdm(total=len(todo), file=sys.stderr, unit="img", disable=not job.progress)
@@ -89,7 +90,8 @@ def run_bulk(job: BulkJob, settings: Settings) -> dict:
             for batch_rows, embeddings in rows:
                 if started is None:
                     started = time.monotonic()
-                first_row = first_row or time.monotonic()
+                if first_row is None:
+                    first_row, first_count = time.monotonic(), len(batch_rows)
                 sink.add(batch_rows, embeddings)
                 bar.update(len(batch_rows))
             sink.flush()
@@ -98,7 +100,7 @@ def run_bulk(job: BulkJob, settings: Settings) -> dict:
     seconds = time.monotonic() - started if started else 0.0
     return {"model_version": version, "listed": len(keys), "skipped": len(keys) - len(todo), "scored": sink.scored,
             "errors": sink.errors, "seconds": round(seconds, 3),
-            "first_rows_seconds": round(first_row - started, 3) if first_row else None,
+            "first_rows_seconds": round(first_row - started, 3) if first_row else None, "first_rows": first_count,
             "images_per_s": round(sink.scored / seconds, 2) if seconds else None, "out": str(job.out)}
 
 
