@@ -60,7 +60,7 @@ def run(bench) -> dict:
                        f"Parity/overhead: the same {sizes['parity']} images with `--engine local` (in-process "
                        "Predictor.predict_batch, no cache) then `--engine ray` (local 2-CPU Ray cluster: decode in "
                        f"CPU tasks, 1 scoring actor). The cluster start ({cluster_start:.1f} s) is not counted; the target is judged "
-                       "on the rate once the actor is up (first rows back → last row), and the rate including actor "
+                       "on the rate from the moment the actor had loaded the model to the last row, and the rate including actor "
                        "start and model load is shown beside it. "
                        f"Resume: `python -m classifier predict --engine ray` on {sizes['resume']} images as a "
                        "subprocess driver on that cluster, SIGKILLed once half the rows were written, then rerun; "
@@ -90,20 +90,20 @@ def _parity(bench, settings, images: Path) -> dict:
     diffs = [abs(x["score"] - y["score"]) for p in a if p in b
              for x, y in zip(sorted(a[p]["top_k"], key=lambda t: t["label"]), sorted(b[p]["top_k"], key=lambda t: t["label"]))]
     agreement, worst = same / max(len(a), 1), max(diffs, default=float("nan"))
-    # The pipeline's rate once its actors are up (from the first rows back to the last), against the in-process
-    # rate: actor start and model load are a fixed cost per job, like the cluster start, shown beside it.
-    steady = (remote["scored"] - remote["first_rows"]) / max(remote["seconds"] - remote["first_rows_seconds"], 1e-9)
+    # Actor start and model load are a fixed cost per job, like the cluster start: the target is judged on the
+    # pipeline's rate from the moment the actor could score to the last row; the whole rate is shown beside it.
+    steady = remote["images_per_s_after_ready"]
     ratio, whole = steady / local["images_per_s"], remote["images_per_s"] / local["images_per_s"]
     figures = [
         Figure(f"parity: top-1 agreement, ray vs local, {len(a)} images", "%", 100 * agreement, 100.0, "local engine",
                higher_is_better=True, target="100 %", met=agreement == 1.0 and len(a) == len(b),
                note=f"largest probability difference {worst:.2e} (target ≤ 1e-5: {'met' if worst <= 1e-5 else 'not met'})"),
-        Figure("overhead: ray throughput once its actors are up", "img/s", round(steady, 2), local["images_per_s"],
+        Figure("overhead: ray throughput once its actor is up", "img/s", steady, local["images_per_s"],
                "in-process engine", higher_is_better=True, target="≥ 0.8× in-process", met=ratio >= 0.8,
-               distance=f"{ratio:.2f}×", note=f"from the first {remote['first_rows']} rows back to the last row"),
+               distance=f"{ratio:.2f}×", note="from the actor's model being loaded to the last row written"),
         Figure("overhead: ray throughput including actor start and model load", "img/s", remote["images_per_s"],
                local["images_per_s"], "in-process engine", higher_is_better=True, distance=f"{whole:.2f}×",
-               note=f"{remote['first_rows_seconds']:.1f} s until the first rows came back; a fixed cost per job"),
+               note=f"{remote['actors_ready_seconds']:.1f} s of actor start and model load; a fixed cost per job"),
     ]
     return {"figures": figures, "details": {"local": local, "ray": remote, "agreement": agreement,
                                             "max_probability_difference": worst, "ray_steady_img_s": round(steady, 2)}}

@@ -60,8 +60,9 @@ class BulkJob:
 
 def run_bulk(job: BulkJob, settings: Settings) -> dict:
     """Run ``job``; returns a summary: ``model_version``, ``listed``, ``skipped`` (already in the output),
-    ``scored``, ``errors``, ``seconds`` (scoring only, not cluster start), ``first_rows_seconds`` (until the
-    first batch, of ``first_rows`` rows, came back: actor start and model load for ``ray``) and ``images_per_s``."""
+    ``scored``, ``errors``, ``seconds`` (scoring only, not cluster start) and ``images_per_s``; for ``ray``
+    also ``actors_ready_seconds`` (until the first actor had loaded its model, by the nodes' wall clocks) and
+    ``images_per_s_after_ready`` (the pipeline's rate from then on)."""
     from classifier.registry import LocalRegistry
 
     source = resolve_source(job.source)
@@ -81,26 +82,25 @@ def run_bulk(job: BulkJob, settings: Settings) -> dict:
     sink = _Sink(writer, job, source, settings, predictor)
     if job.record:
         sink.record_pending()
-    started = first_row = None
-    first_count = 0
+    started = ready = None
     if todo:
         rows, started = _engine_rows(job, source, todo, folder, predictor, settings)
+        started_wall = time.time() - (time.monotonic() - started)
         bar = tqdm(total=len(todo), file=sys.stderr, unit="img", disable=not job.progress)
         try:
-            for batch_rows, embeddings in rows:
-                if started is None:
-                    started = time.monotonic()
-                if first_row is None:
-                    first_row, first_count = time.monotonic(), len(batch_rows)
+            for batch_rows, embeddings, ready_at in rows:
+                ready = min(ready or ready_at, ready_at) if ready_at else ready
                 sink.add(batch_rows, embeddings)
                 bar.update(len(batch_rows))
             sink.flush()
         finally:
             bar.close()
     seconds = time.monotonic() - started if started else 0.0
+    after_ready = (started_wall + seconds - ready) if ready else None
     return {"model_version": version, "listed": len(keys), "skipped": len(keys) - len(todo), "scored": sink.scored,
             "errors": sink.errors, "seconds": round(seconds, 3),
-            "first_rows_seconds": round(first_row - started, 3) if first_row else None, "first_rows": first_count,
+            "actors_ready_seconds": round(ready - started_wall, 3) if ready else None,
+            "images_per_s_after_ready": round(sink.scored / after_ready, 2) if after_ready else None,
             "images_per_s": round(sink.scored / seconds, 2) if seconds else None, "out": str(job.out)}
 
 
@@ -139,10 +139,10 @@ def _local_rows(job: BulkJob, source: Source, todo: list[str], predictor: Predic
         rows += [dict(r, path=r.pop("file")) for r in results]
         by_name = {i.name: i.sha256 for i in inputs}
         rows += [{"path": e["file"], "sha256": by_name.get(e["file"]), "error": e["error"]} for e in errors]
-        yield rows, {}  # the local engine's Predictor fills the cache itself when fill_cache is on
+        yield rows, {}, None  # the local engine's Predictor fills the cache itself when fill_cache is on
 
 
-def _ray_rows(batch: dict, version: str) -> tuple[list[dict], dict]:
+def _ray_rows(batch: dict, version: str) -> tuple[list[dict], dict, float]:
     rows, embeddings = [], {}
     for i, path in enumerate(batch["path"]):
         if batch["error"][i]:
@@ -153,7 +153,7 @@ def _ray_rows(batch: dict, version: str) -> tuple[list[dict], dict]:
                      "model_version": version})
         if "embedding" in batch:
             embeddings[str(batch["sha256"][i])] = batch["embedding"][i]
-    return rows, embeddings
+    return rows, embeddings, float(batch["actor_ready_at"][0])
 
 
 class _Sink:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -122,6 +123,7 @@ class ScoreActor:
             self.predictor.fm.base.to("cuda")
             self.predictor.fm.head.to("cuda")
         self.top_k, self.with_embeddings = top_k, with_embeddings
+        self.ready_at = time.time()  # wall clock: when this actor could score (its start is a fixed cost per job)
 
     def __call__(self, batch: dict) -> dict:
         from classifier.score import scores_from_pixels, top_k_rows
@@ -139,7 +141,8 @@ class ScoreActor:
             for i, row in zip(np.flatnonzero(ok), top_k_rows(scores, self.top_k)):
                 labels[i], conf[i], tops[i] = row["label"], row["confidence"], json.dumps(row["top_k"])
         out = {"path": batch["path"], "sha256": batch["sha256"], "error": batch["error"],
-               "label": np.array(labels, dtype=object), "confidence": conf, "top_k": np.array(tops, dtype=object)}
+               "label": np.array(labels, dtype=object), "confidence": conf, "top_k": np.array(tops, dtype=object),
+               "actor_ready_at": np.full(n, self.ready_at)}
         if self.with_embeddings:
             out["embedding"] = embeddings if embeddings is not None else np.zeros((n, 1), dtype=np.float32)
         return out
@@ -153,8 +156,13 @@ def stream_scores(keys: list[str], source, folder: Path, version: str, spec: Pix
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the CLI draws one bar over images, not one per operator
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-run INFO lines would bury the bar
-    blocks = max(1, min(-(-len(keys) // batch_size), 2000))  # one batch per block: rows stream back steadily
-    dataset = ray.data.from_items([{"path": k} for k in keys], override_num_blocks=blocks)
+    # Paths as Arrow slices (a 10 M-path list stays a few hundred MB): one batch per block up to 2,000 blocks,
+    # so read tasks spread over the cluster and rows stream back steadily.
+    import pyarrow as pa
+
+    table = pa.table({"path": pa.array(keys, pa.string())})
+    rows_per_block = max(batch_size, -(-len(keys) // 2000))
+    dataset = ray.data.from_arrow([table.slice(i, rows_per_block) for i in range(0, len(keys), rows_per_block)])
     # Read tasks: 1 CPU each, at most ``read_cpus`` at once, spread over the nodes. The actors' different
     # scheduling strategy keeps Ray Data from fusing decoding into the actors: the two must overlap.
     dataset = dataset.map_batches(prepare_batch, batch_size=batch_size, batch_format="numpy", num_cpus=1,

@@ -59,7 +59,13 @@ def test_ray_engine_writes_the_rows_the_local_engine_writes(ray_cluster, job_set
     from classifier.images import ImageInput
 
     predictor = LiveModel(LocalRegistry(job_settings.models_dir), job_settings).require()
-    cache = EmbeddingCache(job_settings.embeddings_dir, predictor.fm.cache_key)
+    from classifier.backbone import resolve_backbone
+    from training.run import _backbone
+
+    # the head version's cache is the one the next head/finetune training on its backbone reads
+    training_key = _backbone(resolve_backbone(None, job_settings.backbones_dir), None).cache_key
+    assert predictor.fm.cache_key == training_key
+    cache = EmbeddingCache(job_settings.embeddings_dir, training_key)
     some = sorted(a)[:4]
     cached = cache.get_many([a[p]["sha256"] for p in some])
     assert len(cached) == 4

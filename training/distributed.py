@@ -4,7 +4,9 @@
 ``Trainer`` sees torchrun's variables and trains with DistributedDataParallel (gloo on CPU, nccl on GPU),
 each rank on its share of every epoch, ``batch_size`` images per rank per step (global batch N × batch_size).
 Every rank embeds, warm-starts and trains the same way, so all end with the same weights; rank 0 registers
-and activates them, the others discard their copy and report its digest (``weights_digest``).
+and activates them, the others discard their copy and report its digest (``weights_digest``). In ``scratch``
+mode batch norm trains, and DDP copies rank 0's running statistics to the others at each step, so their
+digests can differ by the last step's statistics; the version registered is rank 0's either way.
 """
 from __future__ import annotations
 
