@@ -25,6 +25,8 @@ from bench.workspace import _interleaved_files, _link_slice
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = {"full": {"parity": 1000, "resume": 5000, "ddp_train": 600}, "quick": {"parity": 200, "resume": 500, "ddp_train": 150}}
+NO_PROGRESS_S = 300
+"""The resume run is stopped and reported as failed after this many seconds without a new part file."""
 DDP = {"epochs": 1, "global_batch": 32, "resolution": 96, "unfreeze_blocks": 2}
 
 
@@ -119,13 +121,25 @@ def _resume(bench, settings, images: Path) -> dict:
     env = dict(os.environ, DATA_DIR=str(settings.data_dir), PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "classifier", "predict", str(images), "--engine", "ray", "--out", str(out),
            "--address", ray.get_runtime_context().gcs_address, "--part-rows", "250", "--batch-size", "64", "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    while proc.poll() is None and (not out.exists() or 250 * len(PartWriter(out).parts()) < total // 2):
-        time.sleep(0.2)
+    log_path = out.parent / "first-run.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        last_parts, last_change = 0, time.monotonic()
+        while proc.poll() is None and (not out.exists() or 250 * len(PartWriter(out).parts()) < total // 2):
+            parts = len(PartWriter(out).parts()) if out.exists() else 0
+            if parts != last_parts:
+                last_parts, last_change = parts, time.monotonic()
+            elif time.monotonic() - last_change > NO_PROGRESS_S:
+                proc.kill()
+                raise RuntimeError(f"the first run made no progress for {NO_PROGRESS_S} s; its log ends: "
+                                   f"{log_path.read_text(errors='replace')[-1500:]}")
+            time.sleep(0.2)
     killed_at = len(PartWriter(out).done_paths()) if out.exists() else 0
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    if rerun.returncode not in (0, 1):
+        raise RuntimeError(f"the rerun failed ({rerun.returncode}): {rerun.stderr[-1500:]}")
     summary = json.loads(rerun.stdout.splitlines()[-1]) if rerun.returncode in (0, 1) else {}
     paths = [p for part in PartWriter(out).parts() for p in pq.read_table(part, columns=["path"]).column("path").to_pylist()]
     exactly_once = len(paths) == len(set(paths)) == total

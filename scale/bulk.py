@@ -142,7 +142,7 @@ def _local_rows(job: BulkJob, source: Source, todo: list[str], predictor: Predic
         yield rows, {}, None  # the local engine's Predictor fills the cache itself when fill_cache is on
 
 
-def _ray_rows(batch: dict, version: str) -> tuple[list[dict], dict, float]:
+def _ray_rows(batch: dict, version: str) -> tuple[list[dict], dict, float | None]:
     rows, embeddings = [], {}
     for i, path in enumerate(batch["path"]):
         if batch["error"][i]:
@@ -153,7 +153,8 @@ def _ray_rows(batch: dict, version: str) -> tuple[list[dict], dict, float]:
                      "model_version": version})
         if "embedding" in batch:
             embeddings[str(batch["sha256"][i])] = batch["embedding"][i]
-    return rows, embeddings, float(batch["actor_ready_at"][0])
+    ready_at = batch.get("actor_ready_at")
+    return rows, embeddings, (float(np.min(ready_at)) if ready_at is not None and len(ready_at) else None)
 
 
 class _Sink:
