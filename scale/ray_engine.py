@@ -67,6 +67,10 @@ def connect(address: str | None, temp_dir: Path | None = None):
     """Join the cluster at ``address`` (``auto``, ``ray://host:10001``, ``host:6379``), or start a local one
     (logs and session files under ``temp_dir`` when given: a short path, as Ray's socket paths under it must
     stay within 107 bytes). Returns the ``ray`` module."""
+    # If the driver loses its cluster mid-job, Ray Data would silently ray.init() a fresh local cluster and
+    # wait on it (seen once, under a load average of 24 on 2 cores): fail instead, a rerun resumes the job.
+    # Ray reads this variable when it is first imported.
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     import ray
 
     if ray.is_initialized():
