@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := chromium dataset-fashion-mnist
 
-.PHONY: install install-dev system-deps run test bench bench-quick audit clean
+.PHONY: install install-dev install-scale system-deps run test bench bench-quick audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# Ray Data and the tests' timeout plugin (README "Scaling out"); CI installs them so the Ray tests run.
+$(VENV)/.installed-scale: $(VENV)/.installed-dev requirements-scale.txt
+	$(BIN)/pip install -q -r requirements-scale.txt
+	touch $@
+
+install-scale: $(VENV)/.installed-scale
+
 # Debian packages: installed only when missing; needs root (CI runs as root).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -34,7 +41,7 @@ system-deps:
 run: install
 	$(BIN)/python app.py
 
-test: install-dev system-deps
+test: install-dev install-scale system-deps
 	$(BIN)/python -m pytest
 
 bench: install-dev system-deps

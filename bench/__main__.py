@@ -19,6 +19,9 @@ Sections (run order; --only takes these names):
               JPEG draft (only with --levers or --only levers)
   best        4b. the best mode (finetune) with a 20-minute budget, on the whole test set
               (only with --best or --only best: up to 20 minutes more)
+  scale       Ray Data bulk prediction vs in-process (parity on 1,000 images, overhead), resume of a killed
+              5,000-image job, 2-rank torchrun DDP fine-tune vs 1 process (only with --scale or --only scale;
+              needs requirements-scale.txt)
 """
 from __future__ import annotations
 
@@ -37,10 +40,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-ORDER = ("inference", "embedding", "accuracy", "retrain", "app", "cold_start", "audit", "levers", "best")
-OPTIONAL = ("levers", "best")
+ORDER = ("inference", "embedding", "accuracy", "retrain", "app", "cold_start", "audit", "levers", "best", "scale")
+OPTIONAL = ("levers", "best", "scale")
 """Not run by default (they would not fit the default run's ten minutes): add --levers, or name with --only."""
-REPORT_ORDER = ("inference", "retrain", "embedding", "accuracy", "best", "app", "cold_start", "audit", "levers")
+REPORT_ORDER = ("inference", "retrain", "embedding", "accuracy", "best", "app", "cold_start", "audit", "levers", "scale")
 BENCH_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
 
@@ -70,16 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--best", action="store_true",
                         help="also train the best mode (finetune) with the 20-minute budget the accuracy target "
                              "allows and test it on the whole test set (+20 min)")
+    parser.add_argument("--scale", action="store_true",
+                        help="also measure scale-out: Ray Data bulk prediction, resume, torchrun DDP (needs Ray)")
     parser.add_argument("--keep-work", action="store_true",
                         help="keep this run's data directories under bench/_work/runs/ (for inspection)")
     return parser
 
 
 def _modules():
-    from bench import accuracy, app_load, audit, best, inference, levers, retrain
+    from bench import accuracy, app_load, audit, best, inference, levers, retrain, scale_out
     return {"audit": audit.run, "inference": inference.run_batch, "embedding": inference.run_first_embedding, "accuracy": accuracy.run,
             "retrain": retrain.run, "app": app_load.run_load, "cold_start": app_load.run_cold_start,
-            "levers": levers.run, "best": best.run}
+            "levers": levers.run, "best": best.run, "scale": scale_out.run}
 
 
 def _run_section(name: str, fn, bench) -> dict:

@@ -24,6 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     predict.add_argument("--version", help="model version to use (default: the active one)")
     predict.add_argument("--top-k", type=int, default=3, help="how many labels to list per image (default 3)")
+    predict.add_argument("--engine", choices=("local", "ray"), default="local",
+                         help="where to score: in this process (default) or on a Ray cluster (needs --out)")
+    predict.add_argument("--out", help="bulk: write a resumable parquet folder here instead of JSON lines")
+    from scale.cli import add_bulk_arguments
+    add_bulk_arguments(predict)
     versions = sub.add_parser("versions", help="list model versions as JSON lines")
     versions.set_defaults(paths=[])
     activate = sub.add_parser("activate", help="make a version the active one (rollback)")
@@ -66,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(engine.activate(args.version)))
             engine.wait_for_hub(args.version, timeout=120)
             return 0
+        if args.out or args.engine != "local":
+            if not args.out:
+                raise PlatformError("--engine ray writes a parquet folder: add --out OUT.parquet")
+            from scale.cli import bulk_main
+            return bulk_main(args, engine.settings)
         images, errors = _inputs(args.paths)
         if not images:
             raise PlatformError("No images found in " + ", ".join(args.paths))

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import torch
 
 from classifier.backbone import load_model_and_processor
 from classifier.embeddings import Embedder, EmbeddingCache, FeatureModel, ProgressFn
 from classifier.images import ImageInput, read_input
+from classifier.score import class_names, scores_from_embeddings, top_k_rows
 from settings import PlatformError
 
 log = logging.getLogger(__name__)
@@ -23,8 +23,7 @@ class Predictor:
     def __init__(self, version: str, feature_model: FeatureModel, cache_root: Path | None, max_pixels: int):
         self.version = version
         self.fm = feature_model
-        config = feature_model.model.config
-        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        self.labels = class_names(feature_model)
         cache = EmbeddingCache(cache_root, feature_model.cache_key) if cache_root else None
         self.embedder = Embedder(feature_model, cache, max_pixels)
 
@@ -59,16 +58,9 @@ class Predictor:
         errors += [{"file": i.name, "error": failed[i.sha256]} for i in inputs if i.sha256 in failed]
         if not good:
             return [], errors
-        with torch.inference_mode():
-            logits = self.fm.logits(torch.from_numpy(np.stack([feats[i.sha256] for i in good])))
-            probs = torch.softmax(logits.float(), dim=-1)
-            k = min(top_k, len(self.labels))
-            scores, idx = probs.topk(k, dim=-1)
-        results = []
-        for img, row_scores, row_idx in zip(good, scores.tolist(), idx.tolist()):
-            top = [{"label": self.labels[j], "score": round(float(s), 6)} for s, j in zip(row_scores, row_idx)]
-            results.append({"file": img.name, "sha256": img.sha256, "label": top[0]["label"],
-                            "confidence": top[0]["score"], "top_k": top, "model_version": self.version})
+        scores = scores_from_embeddings(self.fm, np.stack([feats[i.sha256] for i in good]))
+        results = [{"file": img.name, "sha256": img.sha256, **row, "model_version": self.version}
+                   for img, row in zip(good, top_k_rows(scores, top_k))]
         return results, errors
 
 

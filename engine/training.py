@@ -53,6 +53,8 @@ class TrainingMixin:
                              should_stop=should_stop, activate=False, skipped=base.skipped,
                              dataset_name=data or self.settings.hub_dataset_id, extra_info=dict(extra, trained_by=user))
         version = result["version"]
+        if version is None:  # a torchrun rank other than 0: rank 0 registers, gates and activates
+            return result
         report(ProgressEvent(0.92, f"comparing {version} with the active version on the same images"))
         decision = self.scorer.gate(version, self.registry.active(), samples, self.settings.promotion_tolerance) \
             if promote else Decision(False, f"{version} was registered without activating it (as asked)")

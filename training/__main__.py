@@ -52,7 +52,7 @@ def train_from_sources(settings: Settings, config: TrainConfig, data: str | None
         params = {k: v for k, v in config.to_dict().items() if v is not None}
         result = engine.retrain(params, user=user or _login_name(), on_progress=report if bar else None,
                                 data=data or "", human_labels=with_labels, promote=activate)
-        hub = engine.wait_for_hub(result["version"])
+        hub = engine.wait_for_hub(result["version"]) if result["version"] else None  # torchrun: rank 0 pushes
         if hub is not None:
             result["hub"] = hub
             if hub.get("state") != "pushed":

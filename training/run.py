@@ -19,7 +19,7 @@ from classifier.embeddings import Embedder, EmbeddingCache, FeatureModel
 from classifier.images import ImageInput, decode
 from classifier.registry import LocalRegistry
 from settings import PlatformError, Settings
-from training import trainer
+from training import distributed, trainer
 from training.checkpoint import card_writer, write_run_files
 from training.config import TrainConfig
 from training.data import Sample
@@ -168,12 +168,19 @@ def train_version(samples: list[Sample], config: TrainConfig, settings: Settings
     stop = should_stop or (lambda: False)
     started = time.monotonic()
     check_classes(samples)
+    distributed.check_distributed(config)
     staged = None
     try:
         staged = registry.stage()
         info, metrics = _MODES[config.mode](samples, config, settings, staged, report, stop)
         if stop():
             raise Cancelled()
+        if distributed.world_size() > 1:  # torchrun: only rank 0 registers; every rank reports its weights
+            info["ranks"], digest = distributed.world_size(), info.get("weights_digest")
+            if not distributed.is_main_process():
+                registry.discard(staged)
+                return {"version": None, "rank": distributed.rank(), "weights_digest": digest,
+                        "metrics": summary(metrics)}
         metrics["data_health"] = health_for_run(samples, config, settings, registry)
         metrics.update(wall_time_s=round(time.monotonic() - started, 2), skipped=dict(skipped or {}, **metrics.get("skipped", {})))
         info.update(extra_info or {}, mode=config.mode, dataset=dataset_name, classes=metrics["labels"])
@@ -190,6 +197,8 @@ def train_version(samples: list[Sample], config: TrainConfig, settings: Settings
         raise
     if activate:
         registry.set_active(version)
+    if distributed.world_size() > 1:
+        return {"version": version, "rank": 0, "weights_digest": digest, "metrics": summary(metrics)}
     return {"version": version, "metrics": summary(metrics)}
 
 
@@ -318,6 +327,8 @@ def _save_and_evaluate(model, processor, staged, parts, labels, index, settings,
     if errors:
         skipped = dict(skipped, **{"undecodable image": len(errors)})
     metrics.update(loss_curve=curve, skipped=skipped, train_size=len(parts.train))
+    if distributed.world_size() > 1:  # every rank's trained weights, compared across ranks (DDP keeps them equal)
+        info = dict(info, weights_digest=weights_digest(model))
     return dict(info, backbone_id=fm.backbone_id), metrics
 
 

@@ -113,6 +113,9 @@ def fit(model, train_set: ImageDataset, config: TrainConfig, report=None, should
             logging_steps=max(1, min(10, steps_per_epoch // 2)), save_strategy="no", eval_strategy="no",
             report_to="none", disable_tqdm=True, seed=config.seed, dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
+            # without a GPU, say so: under torchrun that is what makes accelerate set up DDP over gloo
+            use_cpu=not torch.cuda.is_available(),
+            ddp_find_unused_parameters=False,  # frozen blocks have no gradients to wait for
             remove_unused_columns=False,
         )
         callback = _Progress(report, should_stop, config.max_seconds)
