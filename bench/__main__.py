@@ -18,8 +18,9 @@ Sections (run order; --only takes these names):
   cold_start  6. `python app.py` until /status answers
   levers      resolution, threads, batch size, decode threads, channels_last, batch-norm folding,
               JPEG draft (only with --levers or --only levers)
-  best        4b. the best mode (finetune) with a 20-minute budget, on the whole test set
-              (only with --best or --only best: up to 20 minutes more)
+  best        4b. the best mode (finetune) with a 20-minute budget, on the whole test set, its recipe
+              chosen first on validation images carved from the training set (only with --best or
+              --only best: up to 26 minutes more)
 """
 from __future__ import annotations
 
