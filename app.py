@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     demo.queue(max_size=64, default_concurrency_limit=4)
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                    max_file_size=f"{settings.max_upload_mb}mb", allowed_paths=[str(engine.thumbs_dir)],
+                    max_file_size=f"{max(settings.max_upload_mb, settings.max_archive_mb)}mb", allowed_paths=[str(engine.thumbs_dir)],
                     show_error=True)
     finally:
         engine.close()

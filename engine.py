@@ -124,7 +124,8 @@ class Engine:
         ``max_batch`` overrides ``MAX_BATCH`` (the CLI predicts whole folders).
         """
         predictor = self.live.load(version) if version else self.live.current()
-        images, errors = expand_uploads(sources, max_batch or self.settings.max_batch)
+        images, errors = expand_uploads(sources, max_batch or self.settings.max_batch,
+                                        self.settings.max_upload_mb, self.settings.max_archive_mb)
         if predictor is not None:
             results, bad = predictor.predict_batch(images, top_k=top_k, progress=progress)
         else:
