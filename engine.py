@@ -14,6 +14,7 @@ from classifier.images import decode, save_thumbnail
 from classifier.live import LiveModel
 from classifier.registry import LocalRegistry
 from classifier.uploads import expand_uploads
+from labeling.recorder import UploadRecorder
 from hub.datasets import dataset_revision, push_export
 from settings import PlatformError, Settings
 from training.config import TrainConfig
@@ -59,6 +60,8 @@ class Engine:
         self._train = on_gpu_when_available(train_version)
         self._store = None
         self._store_lock = threading.Lock()
+        self.recorder = UploadRecorder(self.store)
+        """Writes uploaded images and batch records after the prediction has answered (see labeling/recorder.py)."""
         self.store_error: str | None = None
         self.thumbs_dir = settings.data_dir / "thumbs"
         self.publisher = None
@@ -102,6 +105,7 @@ class Engine:
             return self._store
 
     def close(self) -> None:
+        self.recorder.close()  # queued uploads are written before the store closes
         for part in (self.journal, self.publisher):
             if part is not None:
                 part.close()
@@ -139,15 +143,17 @@ class Engine:
         for r in results:
             r.update(human_label=None, label_revision=None)  # None: unknown until the store answers
         if results and record:
+            from labeling.store import new_batch_id
             good = {r["sha256"] for r in results}
             try:
-                store = self.store()
-                store.add_images([i for i in images if i.sha256 in good], source="upload")
-                batch_id = store.record_batch([r["sha256"] for r in results], results)
-                states = store.label_states([r["sha256"] for r in results], include_reverted=True)
+                # One indexed query stays on the path (the grid shows human labels at once); storing the images
+                # and the batch record happens after the answer, and label saves wait for it (self.recorder).
+                states = self.store().label_states([r["sha256"] for r in results], include_reverted=True)
                 for r in results:
                     state = states.get(r["sha256"]) or {}
                     r.update(human_label=state.get("label"), label_revision=state.get("revision", 0))
+                batch_id = new_batch_id()
+                self.recorder.submit(batch_id, [i for i in images if i.sha256 in good], results)
             except PlatformError as exc:
                 store_error = f"Predictions were not recorded: {exc}"
                 log.warning("%s", store_error)
@@ -159,6 +165,7 @@ class Engine:
         current human label from the store: what a reloaded page shows."""
         from classifier.images import ImageInput
 
+        self.recorder.wait()  # a batch answered moments ago may still be being recorded
         store = self.store()
         results = store.batch_predictions(batch_id)
         states = store.label_states([r["sha256"] for r in results], include_reverted=True)
@@ -213,6 +220,10 @@ class Engine:
         if not items:
             raise PlatformError("No labels to save")
         good, rejected = partition_items(items)
+        try:
+            self.recorder.wait([i["sha256"] for i in good])  # images predicted moments ago: stored first
+        except PlatformError:
+            pass  # an image whose write was given up is rejected below as not in the store
         store = self.store()
         known = store.known_images([i["sha256"] for i in good]) if good else set()
         rejected += [dict(i, error=f"image {i['sha256'][:12]} is not in the store: predict it first")
@@ -254,6 +265,7 @@ class Engine:
         ``expected_revision`` (the revision the editor saw) is still current; see ``LabelStore.set_label``."""
         if not isinstance(sha256, str) or (label is not None and not isinstance(label, str)):
             raise PlatformError("An edit needs a sha256 and a label (or null to revert)")
+        self.recorder.wait([sha256])  # the image predicted moments ago is stored before its label
         store = self.store()
         result = store.set_label(sha256, label, user=user, expected_revision=expected_revision,
                                  known_classes=self.classes())
@@ -264,12 +276,14 @@ class Engine:
     def label_detail(self, sha256: str) -> dict:
         """What a person needs to judge one image: ``{label, history (who, when, which version predicted
         what; newest first), predictions (each version's top-k, newest first)}``."""
+        self.recorder.wait([sha256])
         store = self.store()
         state = store.label_states([sha256], include_reverted=True).get(sha256)
         return {"label": state, "history": store.history(sha256, limit=50), "predictions": store.predictions_of(sha256)}
 
     def image_bytes(self, sha256: str) -> bytes:
         """The stored bytes of an image; PlatformError if unknown."""
+        self.recorder.wait([sha256])
         return self.store().image_bytes(sha256)
 
     def import_labelled(self, source, user: str = "anonymous") -> dict:
