@@ -12,6 +12,7 @@ from typing import Callable
 
 from classifier.images import decode, save_thumbnail
 from classifier.live import LiveModel
+from classifier.priority import PREDICTIONS
 from classifier.registry import LocalRegistry
 from classifier.uploads import expand_uploads
 from labeling.recorder import UploadRecorder
@@ -130,10 +131,11 @@ class Engine:
         predictor = self.live.load(version) if version else self.live.current()
         images, errors = expand_uploads(sources, max_batch or self.settings.max_batch,
                                         self.settings.max_upload_mb, self.settings.max_archive_mb)
-        if predictor is not None:
-            results, bad = predictor.predict_batch(images, top_k=top_k, progress=progress)
-        else:
-            results, bad = self._unpredicted(images)
+        with PREDICTIONS.turn():  # one prediction on the cores at a time; training steps aside meanwhile
+            if predictor is not None:
+                results, bad = predictor.predict_batch(images, top_k=top_k, progress=progress)
+            else:
+                results, bad = self._unpredicted(images)
         errors += bad
         if thumbnails:
             by_sha = {i.sha256: i for i in images}
