@@ -373,8 +373,10 @@ def build_app(engine: Engine) -> gr.Blocks:
                        api_visibility="private")
         # Other tabs follow a run with a timer that runs only while a job does (no polling when idle).
         train_timer = gr.Timer(2.0, active=False)
-        train_timer.tick(h.poll_training, None, [train_status, live_loss, train_timer], api_visibility="private")
-        gr.Timer(5.0).tick(h.status_text, None, status, api_visibility="private")
+        # The header follows the same timer (so it runs only while a job does), and otherwise refreshes on load
+        # and after the events that change it (train, activate): an idle page makes no periodic server calls.
+        train_timer.tick(h.poll_training, None, [train_status, live_loss, train_timer], api_visibility="private") \
+            .then(h.status_text, None, status, api_visibility="private")
         refresh_btn.click(h.models_refresh, None, [models_df, version_pick], api_visibility="private")
         models_tab.select(h.models_refresh, None, [models_df, version_pick], api_visibility="private")
         activate_btn.click(user_errors(h.activate_version), [version_pick, session_user],
