@@ -80,6 +80,24 @@ class BaselineApp:
         self.stop()
 
 
+def phone_photos(folder: Path, count: int, seed: int) -> list[Path]:
+    """``count`` 12-MP (4032×3024) JPEGs of about 2 MB each, as a phone camera sends them; written once into
+    ``folder`` and reused by later runs (each ``seed`` a different set, so the app has seen none of them)."""
+    import numpy as np
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, out = np.random.default_rng(seed), []
+    for i in range(count):
+        path = folder / f"phone-{seed}-{i:03d}.jpg"
+        texture = rng.integers(0, 256, (378, 504, 3), dtype=np.uint8)  # drawn even when the file exists: same set
+        if not path.is_file():
+            tmp = path.with_suffix(".tmp")
+            Image.fromarray(texture).resize((4032, 3024), Image.Resampling.BICUBIC).save(tmp, "JPEG", quality=90)
+            tmp.replace(path)
+        out.append(path)
+    return out
+
+
 def as_zip(files: list[Path], folder: Path) -> Path:
     """The files stored (not recompressed: JPEGs do not shrink) in one .zip under ``folder``."""
     fd, name = tempfile.mkstemp(suffix=".zip", dir=folder)

@@ -43,6 +43,8 @@ class Sizes:
     load_single: int = 3
     load_rounds: int = 2
     load_zip: int = 3
+    phones: int = 128
+    """12-MP phone photos per request in the large-photo figures (two sets: as files, as one .zip)."""
     cold_starts: int = 3
     lever_train: int = 2_000
     lever_test: int = 2_000
@@ -56,7 +58,7 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(retrain_base=500, accuracy_train=500, test=500, test_trained=200, version_train=100, reps=3,
-              baseline_reps=1, retrain_reps=2, load_batch=32, load_single=1, load_rounds=1, load_zip=1, cold_starts=1,
+              baseline_reps=1, retrain_reps=2, load_batch=32, load_single=1, load_rounds=1, load_zip=1, phones=4, cold_starts=1,
               lever_train=500, lever_test=500)
 
 
