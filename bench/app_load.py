@@ -316,16 +316,20 @@ def _in_process_split(bench, batches: list[list[Path]]) -> dict:
             start = time.perf_counter()
             predictor.predict_batch(files)
             batch_s.append(time.perf_counter() - start)
+        started = time.perf_counter()
+        engine.recorder.wait()
+        drain_s = time.perf_counter() - started
     finally:
         engine.close()
-    return {"engine_predict_s": statistics.median(engine_s), "predict_batch_s": statistics.median(batch_s),
+    return {"recorder_drain_after_s": drain_s, "engine_predict_s": statistics.median(engine_s), "predict_batch_s": statistics.median(batch_s),
             "runs": {"engine_predict_s": engine_s, "predict_batch_s": batch_s}}
 
 
 def _split_rows(split: dict, request_s: float) -> list[list]:
     batch, engine = split["predict_batch_s"], split["engine_predict_s"]
     parts = [("decode + embed + classify (`predict_batch`)", batch),
-             ("expanding uploads, store records (rest of `Engine.predict`)", engine - batch),
+             ("expanding uploads, human-label lookup (rest of `Engine.predict`; the store write runs after it)",
+              engine - batch),
              ("Gradio: upload, queue, JSON, client (rest of the request)", request_s - engine)]
     return [[name, f"{sec:.2f}", f"{sec / request_s:.0%}"] for name, sec in parts] + \
         [["whole request (client-side p50)", f"{request_s:.2f}", "100%"]]
