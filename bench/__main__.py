@@ -14,7 +14,9 @@ Sections (run order; --only takes these names):
   embedding   3. first embedding of a dataset, images/s
   accuracy    4. head / finetune / scratch test accuracy at equal wall-clock budget
   retrain     2. head retrain with cached embeddings + 128 corrections vs one scratch epoch
-  app         5. the launched app under 1 and 4 concurrent clients (gradio_client)
+  app         5. the launched app under 1 and 4 concurrent clients (gradio_client), a batch as one .zip,
+              12-MP phone photos, against a "typical Space" (pipeline() per image) and a bare Gradio
+              app that only receives the files, all driven by the same client on the same images
   cold_start  6. `python app.py` until /status answers
   levers      resolution, threads, batch size, decode threads, channels_last, batch-norm folding,
               JPEG draft (only with --levers or --only levers)
