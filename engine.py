@@ -15,8 +15,8 @@ from classifier.live import LiveModel
 from classifier.priority import PREDICTIONS
 from classifier.registry import LocalRegistry
 from classifier.uploads import expand_uploads
-from labeling.recorder import UploadRecorder
 from hub.datasets import dataset_revision, push_export
+from labeling.recorder import UploadRecorder
 from settings import PlatformError, Settings
 from training.config import TrainConfig
 from training.data import LoadedData, Sample, load_samples, merge_samples
