@@ -92,7 +92,8 @@ def run(bench) -> dict:
                        f"registered version. Baseline: head mode at the same resolution on the same images. Both "
                        f"are tested through `predict_batch` on all {len(test)} test images. The recipe "
                        f"({chosen!r}) was chosen before, in this run, by validation accuracy on "
-                       f"{SELECT_VAL_FRACTION:.0%} of the training images after a {TRIAL_S}-s trial per candidate: "
+                       f"{SELECT_VAL_FRACTION:.0%} of the training images after "
+                       + ("a 1-epoch (≤ 30 s, --quick)" if bench.quick else f"a {TRIAL_S}-s") + " trial per candidate: "
                        + ", ".join(f"{n} {a:.4f}" for n, a in scores.items()) + "; the test set played no part."),
             "figures": figures,
             "details": {"recipe": recipe, "recipe_name": chosen, "candidate_validation_accuracy": scores, "seconds": {"finetune": tuned_s, "head": head_s}, "test_accuracy": acc,
