@@ -45,6 +45,10 @@ class Settings:
     max_image_pixels: int = 40_000_000
     """Decoded-size cap per image (width × height), against decompression bombs."""
     max_upload_mb: int = 50
+    """Largest single image file (MB) a request may carry, uploaded or inside an archive (``MAX_UPLOAD_MB``)."""
+    max_archive_mb: int = 1024
+    """Largest .zip (MB), and the most its images may unpack to, in one request (``MAX_ARCHIVE_MB``); sized for
+    128 phone photos (12 MP JPEGs of 2–4 MB each). Gradio's own transport limit is the larger of the two."""
     app_users: dict[str, str] = field(default_factory=dict, repr=False)
     """user → password; when non-empty, writes require login."""
     space_id: str | None = None
@@ -146,6 +150,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_batch=_int(env, "MAX_BATCH", 128, 1, 4096),
         max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 40_000_000, 1, 1_000_000_000),
         max_upload_mb=_int(env, "MAX_UPLOAD_MB", 50, 1, 10_000),
+        max_archive_mb=_int(env, "MAX_ARCHIVE_MB", 1024, 1, 100_000),
         app_users=_users(env.get("APP_USERS")),
         space_id=_opt(env, "SPACE_ID"),
         sample_roots=roots,

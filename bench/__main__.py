@@ -1,6 +1,9 @@
 """``python -m bench``: measure the platform against stock baselines, offline, on this machine.
 
-Writes RESULTS.md (tables: baseline, ours, ratio, target, met?) and results.json (every repetition).
+A full run writes RESULTS.md (tables: baseline, ours, ratio, target, met?) and results.json (every repetition),
+both from this one run of the committed code. A run of chosen sections (--only) never touches them: it
+writes its own dated pair, bench/_work/sections/<sections>-<UTC date-time>.{md,json}, so figures of
+different runs are never spliced into one report.
 The default run took 6 minutes on 2 cores from a fresh clone (86 s of it preparing data and stored features
 that later runs reuse); --quick is a smaller smoke run (under a minute)
 that CI executes. Data: Fashion-MNIST from the Debian package dataset-fashion-mnist, written once as
@@ -11,14 +14,17 @@ Sections (run order; --only takes these names):
   embedding   3. first embedding of a dataset, images/s
   accuracy    4. head / finetune / scratch test accuracy at equal wall-clock budget
   retrain     2. head retrain with cached embeddings + 128 corrections vs one scratch epoch
-  app         5. the launched app under 1 and 4 concurrent clients (gradio_client)
+  app         5. the launched app under 1 and 4 concurrent clients (gradio_client), a batch as one .zip,
+              12-MP phone photos, against a "typical Space" (pipeline() per image) and a bare Gradio
+              app that only receives the files, all driven by the same client on the same images
   cold_start  6. `python app.py` until /status answers
   audit       7. the trust queue and data audit: mislabels, a session's top 10, review effort, labels saved,
               near-duplicates, speed (issue 14)
   levers      resolution, threads, batch size, decode threads, channels_last, batch-norm folding,
               JPEG draft (only with --levers or --only levers)
-  best        4b. the best mode (finetune) with a 20-minute budget, on the whole test set
-              (only with --best or --only best: up to 20 minutes more)
+  best        4b. the best mode (finetune) with a 20-minute budget, on the whole test set, its recipe
+              chosen first on validation images carved from the training set (only with --best or
+              --only best: up to 26 minutes more)
   scale       Ray Data bulk prediction vs in-process (parity on 1,000 images, overhead), resume of a killed
               5,000-image job, 2-rank torchrun DDP fine-tune vs 1 process (only with --scale or --only scale;
               needs requirements-scale.txt)
@@ -66,8 +72,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="class-per-folder image directory to use instead of Fashion-MNIST "
                              "(a seg_test/test sibling folder becomes the test set)")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="where to write RESULTS.md and results.json (default: bench/ for a full run, "
-                             "bench/_work/<quick|partial>/ otherwise, so a smoke run never overwrites the full results)")
+                        help="where to write the results (default: bench/RESULTS.md and bench/results.json for a "
+                             "full run, bench/_work/quick/ for --quick, and a dated pair "
+                             "bench/_work/sections/<sections>-<date>.{md,json} for --only, so a partial run never "
+                             "overwrites or joins the full results)")
     parser.add_argument("--levers", action="store_true",
                         help="also measure the levers (resolution, threads, batch size, batch-norm folding, …; +3 min)")
     parser.add_argument("--best", action="store_true",
@@ -85,6 +93,14 @@ def _modules():
     return {"audit": audit.run, "inference": inference.run_batch, "embedding": inference.run_first_embedding, "accuracy": accuracy.run,
             "retrain": retrain.run, "app": app_load.run_load, "cold_start": app_load.run_cold_start,
             "levers": levers.run, "best": best.run, "scale": scale_out.run}
+
+
+def _destination(args) -> tuple[Path, str | None]:
+    """Folder and file stem for this run's results: a partial run gets its own dated files (stem), never RESULTS.md."""
+    if args.only:
+        stem = "-".join(args.only) + "-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + ("-quick" if args.quick else "")
+        return args.out or BENCH_DIR / "_work" / "sections", stem
+    return args.out or (BENCH_DIR / "_work" / "quick" if args.quick else BENCH_DIR), None
 
 
 def _run_section(name: str, fn, bench) -> dict:
@@ -122,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     default = [n for n in ORDER if n not in OPTIONAL or getattr(args, n)]
     names = [n for n in ORDER if n in (args.only or default)]
-    out = args.out or (BENCH_DIR if not (args.quick or args.only) else
-                       BENCH_DIR / "_work" / ("quick" if args.quick else "partial"))
+    out, stem = _destination(args)
     bench = Bench(QUICK if args.quick else FULL, args.quick, args.data)
     machine = machine_info()
     log.info("machine: %s, %s cores, torch threads %s, load %.2f", machine["cpu_model"], machine["cores"],
@@ -146,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                        "preparation_seconds": round(bench.preparation_s, 1),
                        "data": slices.source, "sections_run": names},
                "machine": machine, "sections": [sections[n] for n in REPORT_ORDER if n in sections]}
-    json_path, md_path = write_results(results, out)
+    json_path, md_path = write_results(results, out, stem)
     log.info("done in %.0f s (%.1f min): %s, %s", total, total / 60, md_path, json_path)
     return 1 if any(s.get("failed") for s in sections.values()) else 0
 

@@ -123,8 +123,8 @@ def run(bench) -> dict:
     ]
     return {"name": "accuracy", "title": "Accuracy at equal time (Fashion-MNIST test set)" if not bench.data_arg
             else "Accuracy at equal time",
-            "method": (f"Trained on {len(train)} training images{quick} ({slices.source}); 20% of them held out for "
-                       f"validation by `train_version`. Budget = the head's time from raw images: {emb['seconds']:.1f} s "
+            "method": (f"Trained on {len(train)} training images{quick} ({slices.source}); {VAL_FRACTION:.0%} of them held out "
+                       f"for validation by `train_version` (`VAL_FRACTION`). Budget = the head's time from raw images: {emb['seconds']:.1f} s "
                        f"to embed the folder the first time + {head_s:.1f} s to train = {budget:.1f} s; finetune and "
                        f"scratch get `max_seconds={budget:.0f}` for their training loop, and their setup and "
                        "validation come on top (in the baselines' favour). Finetune reuses the head's embeddings for "

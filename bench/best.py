@@ -2,8 +2,10 @@
 
 Figure 4 gives every mode the head's short budget. This section gives ``finetune`` what the target
 allows — 20 minutes from raw images to a registered version, embedding for its warm start included — with
-a recipe for that budget (``RECIPE``), and tests it on the whole test set. Its baseline is the default
-mode (head) on the same images at the same resolution, in the same run.
+a recipe chosen in the same run on validation data carved from the training images (``choose_recipe``:
+each of ``CANDIDATES`` trains for ``TRIAL_S`` seconds and the highest validation accuracy wins; the test set
+is never consulted), and tests the winner on the whole test set. Its baseline is the default mode (head) on
+the same images at the same resolution, in the same run.
 """
 from __future__ import annotations
 
@@ -18,11 +20,34 @@ RECIPE = {"mode": "finetune", "resolution": 128, "unfreeze_blocks": -1, "batch_s
           "min_crop": 0.85, "label_smoothing": 0.1}
 """Every block trained (BatchNorm statistics kept), 128 px (Fashion-MNIST's 28 px images lose nothing; about
 3× cheaper than 224 px per step), warm-started head, 10% warm-up, cosine decay, milder crops than the default
-and label smoothing. Measured here (6,000 images, tested on 10,000): 22 epochs without ``min_crop`` and label
-smoothing 0.9114 in 1,126 s; with them 0.9190 in 1,054 s; 24 epochs 0.9194 in 1,048 s (about 43 s an epoch)."""
+and label smoothing; about 43 s an epoch on 2 cores. Earlier runs compared these settings by *test* accuracy;
+that comparison no longer decides anything: ``choose_recipe`` picks between the candidates on validation data."""
+CANDIDATES = {"milder crops + label smoothing": RECIPE,
+              "default crops, no smoothing": dict(RECIPE, min_crop=0.5, label_smoothing=0.0)}
+TRIAL_S = 180
+"""Training-loop seconds each candidate gets in the selection (a short trial ranks recipes by how fast they learn,
+which is what a fixed budget rewards; stated in the report)."""
+SELECT_VAL_FRACTION = 0.2
+"""Share of the training images held out to rank the candidates (1,200 of 6,000: ±1 point at 90 %)."""
 QUICK_EPOCHS = 2
 MARGIN_S = 40
 """Left of the 20 minutes for setup, validation and registering, beyond the training loop's ``max_seconds``."""
+
+
+def choose_recipe(train, settings, registry, quick: bool) -> tuple[str, dict, dict]:
+    """The candidate with the best validation accuracy (0–1) after a short trial on ``train`` alone.
+
+    Returns (name, recipe, {name: validation accuracy}). The validation images are a fixed sha256-chosen share
+    of ``train``; no test image is read."""
+    scores = {}
+    for name, recipe in CANDIDATES.items():
+        trial = dict(recipe, epochs=1) if quick else recipe
+        result, _ = _train_timed(train, TrainConfig(**trial, val_fraction=SELECT_VAL_FRACTION,
+                                                    max_seconds=30 if quick else TRIAL_S), settings, registry)
+        scores[name] = result["metrics"]["accuracy"]
+        log.info("best: candidate %r validation accuracy %.4f", name, scores[name])
+    chosen = max(scores, key=scores.get)
+    return chosen, CANDIDATES[chosen], scores
 
 
 def run(bench) -> dict:
@@ -32,7 +57,8 @@ def run(bench) -> dict:
     settings = bench.settings("best")
     registry = LocalRegistry(settings.models_dir)
     train, test = load_folder(slices.accuracy_train).samples, load_folder(slices.test).samples
-    recipe = dict(RECIPE, epochs=QUICK_EPOCHS) if bench.quick else dict(RECIPE)
+    chosen, recipe, scores = choose_recipe(train, settings, registry, bench.quick)
+    recipe = dict(recipe, epochs=QUICK_EPOCHS) if bench.quick else dict(recipe)
     config = TrainConfig(**recipe, val_fraction=VAL_FRACTION, max_seconds=BEST_WITHIN_S - MARGIN_S)
     log.info("best: finetune %s on %d images, up to %d s", recipe, len(train), BEST_WITHIN_S)
     tuned, tuned_s = _train_timed(train, config, settings, registry)
@@ -64,9 +90,13 @@ def run(bench) -> dict:
                        f"{BEST_WITHIN_S - MARGIN_S}` on the training loop; timed from raw images (an empty "
                        "embedding cache: the warm-start head's embeddings are computed inside the time) to the "
                        f"registered version. Baseline: head mode at the same resolution on the same images. Both "
-                       f"are tested through `predict_batch` on all {len(test)} test images."),
+                       f"are tested through `predict_batch` on all {len(test)} test images. The recipe "
+                       f"({chosen!r}) was chosen before, in this run, by validation accuracy on "
+                       f"{SELECT_VAL_FRACTION:.0%} of the training images after "
+                       + ("a 1-epoch (≤ 30 s, --quick)" if bench.quick else f"a {TRIAL_S}-s") + " trial per candidate: "
+                       + ", ".join(f"{n} {a:.4f}" for n, a in scores.items()) + "; the test set played no part."),
             "figures": figures,
-            "details": {"recipe": recipe, "seconds": {"finetune": tuned_s, "head": head_s}, "test_accuracy": acc,
+            "details": {"recipe": recipe, "recipe_name": chosen, "candidate_validation_accuracy": scores, "seconds": {"finetune": tuned_s, "head": head_s}, "test_accuracy": acc,
                         "epochs_done": epochs, "loss_curve": curve,
                         "validation_accuracy": {"finetune": tuned["metrics"]["accuracy"],
                                                 "head": head["metrics"]["accuracy"]}}}

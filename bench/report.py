@@ -137,11 +137,15 @@ def _jsonable(section: dict) -> dict:
     return out
 
 
-def write_results(results: dict, out_dir: Path) -> tuple[Path, Path]:
-    """Write ``results.json`` and ``RESULTS.md`` into ``out_dir`` (each replaced atomically)."""
+def write_results(results: dict, out_dir: Path, stem: str | None = None) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``RESULTS.md`` into ``out_dir`` (each replaced atomically).
+
+    With ``stem`` (a partial run) the files are ``<stem>.json`` and ``<stem>.md`` instead, so they never replace
+    or join the full run's report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data = dict(results, sections=[_jsonable(s) for s in results["sections"]])
-    paths = (out_dir / "results.json", out_dir / "RESULTS.md")
+    paths = (out_dir / f"{stem}.json", out_dir / f"{stem}.md") if stem else \
+        (out_dir / "results.json", out_dir / "RESULTS.md")
     texts = (json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", render_markdown(results))
     for path, text in zip(paths, texts):
         fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.")

@@ -42,19 +42,23 @@ class Sizes:
     load_batch: int = 128
     load_single: int = 3
     load_rounds: int = 2
+    load_zip: int = 3
+    phones: int = 128
+    """12-MP phone photos per request in the large-photo figures (two sets: as files, as one .zip)."""
     cold_starts: int = 3
     lever_train: int = 2_000
     lever_test: int = 2_000
 
     @property
     def load_pool(self) -> int:
-        """Distinct images the load test sends: a warm-up request, the single-client requests, 4 per round."""
-        return self.load_batch * (1 + self.load_single + 4 * self.load_rounds)
+        """Distinct images the load test sends: a warm-up request, the single-client requests, 4 per round, the
+        requests sent as one .zip each."""
+        return self.load_batch * (1 + self.load_single + 4 * self.load_rounds + self.load_zip)
 
 
 FULL = Sizes()
 QUICK = Sizes(retrain_base=500, accuracy_train=500, test=500, test_trained=200, version_train=100, reps=3,
-              baseline_reps=1, retrain_reps=2, load_batch=32, load_single=1, load_rounds=1, cold_starts=1,
+              baseline_reps=1, retrain_reps=2, load_batch=32, load_single=1, load_rounds=1, load_zip=1, phones=4, cold_starts=1,
               lever_train=500, lever_test=500)
 
 

@@ -1,10 +1,14 @@
-"""Turn what a user uploaded (image files, .zip archives) into images, enforcing the batch limit.
+"""Turn what a user uploaded (image files, .zip archives) into images, enforcing the batch and size limits.
 
-Archives are read in memory: entry names are only ever shown as names, never used as paths, so
-``../x.jpg`` or absolute entries cannot write anywhere. Nested archives and oversized entries are skipped.
+Two size limits apply: one per image (a file, or an archive entry once unpacked: ``MAX_UPLOAD_MB``) and one
+per archive (its size, and what its images unpack to: ``MAX_ARCHIVE_MB``), so a .zip of 128 phone photos
+travels as one upload while a single 300 MB "image" is still refused. Archives are read in memory: entry
+names are only ever shown as names, never used as paths, so ``../x.jpg`` or absolute entries cannot write
+anywhere. Nested archives and oversized entries are skipped; each entry is hashed as it is read.
 """
 from __future__ import annotations
 
+import hashlib
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -12,14 +16,31 @@ from pathlib import Path, PurePosixPath
 from classifier.images import IMAGE_SUFFIXES, ImageInput, read_input
 from settings import PlatformError
 
-MAX_ENTRY_BYTES = 50 * 1024 * 1024
-MAX_ARCHIVE_BYTES = 512 * 1024 * 1024
+MB = 1024 * 1024
+READ_BLOCK = 1 << 20
 UNREADABLE_ENTRY = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError)
 """What reading one damaged, encrypted or oddly compressed archive entry raises."""
 
 
-def _zip_images(path: Path, errors: list[dict]) -> list[ImageInput]:
+def _read_hashed(fh, limit: int) -> tuple[bytes, str]:
+    """Up to ``limit`` + 1 bytes of a stream and their sha256 hex, hashed block by block as they arrive."""
+    digest, blocks, size = hashlib.sha256(), [], 0
+    while size <= limit:
+        block = fh.read(min(READ_BLOCK, limit + 1 - size))
+        if not block:
+            break
+        digest.update(block)
+        blocks.append(block)
+        size += len(block)
+    return b"".join(blocks), digest.hexdigest()
+
+
+def _zip_images(path: Path, errors: list[dict], max_image: int, max_archive: int) -> list[ImageInput]:
     out, total = [], 0
+    if path.stat().st_size > max_archive:
+        errors.append({"file": path.name, "error": f"{path.name}: the archive is over the limit of "
+                                                   f"{max_archive // MB} MB (MAX_ARCHIVE_MB); split it"})
+        return out
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError):
@@ -37,25 +58,30 @@ def _zip_images(path: Path, errors: list[dict]) -> list[ImageInput]:
             if suffix not in IMAGE_SUFFIXES:
                 errors.append({"file": name, "error": f"{name}: not an image file"})
                 continue
-            if member.file_size > MAX_ENTRY_BYTES or total + member.file_size > MAX_ARCHIVE_BYTES:
+            if member.file_size > max_image or total + member.file_size > max_archive:
                 errors.append({"file": name, "error": f"{name}: too large once unpacked"})
                 continue
             try:
                 with archive.open(member) as fh:
-                    data = fh.read(MAX_ENTRY_BYTES + 1)
+                    data, sha256 = _read_hashed(fh, max_image)
             except UNREADABLE_ENTRY:  # bad CRC or sizes (a lying header), corrupt stream, encrypted, odd method
                 errors.append({"file": name, "error": f"{name}: damaged or unsupported entry in the archive"})
                 continue
-            if len(data) > MAX_ENTRY_BYTES:  # the header lied about the size (zip bomb)
+            if len(data) > max_image:  # the header lied about the size (zip bomb)
                 errors.append({"file": name, "error": f"{name}: too large once unpacked"})
                 continue
             total += len(data)
-            out.append(ImageInput.from_bytes(data, name))
+            out.append(ImageInput(name, data, sha256))
     return out
 
 
-def expand_uploads(sources, max_batch: int) -> tuple[list[ImageInput], list[dict]]:
-    """Images from files and .zip archives; more than ``max_batch`` images is refused as a whole."""
+def expand_uploads(sources, max_batch: int, max_image_mb: int = 50, max_archive_mb: int = 1024
+                   ) -> tuple[list[ImageInput], list[dict]]:
+    """Images from files and .zip archives; more than ``max_batch`` images is refused as a whole.
+
+    A file over ``max_image_mb`` MB, or an archive over ``max_archive_mb`` MB, becomes an error row (the rest
+    of the batch goes on); so does an archive entry over ``max_image_mb`` once unpacked."""
+    max_image, max_archive = max_image_mb * MB, max_archive_mb * MB
     sources = [s for s in (sources or []) if s is not None]
     if not sources:
         raise PlatformError("No images were given: upload image files or a .zip of images")
@@ -64,7 +90,10 @@ def expand_uploads(sources, max_batch: int) -> tuple[list[ImageInput], list[dict
     for src in sources:
         path = Path(src) if isinstance(src, (str, Path)) else None
         if path is not None and path.suffix.lower() == ".zip":
-            images += _zip_images(path, errors)
+            images += _zip_images(path, errors, max_image, max_archive)
+        elif path is not None and path.is_file() and path.stat().st_size > max_image:
+            errors.append({"file": path.name, "error": f"{path.name}: the file is over the per-image limit of "
+                                                       f"{max_image_mb} MB (MAX_UPLOAD_MB)"})
         else:
             try:
                 images.append(read_input(src))

@@ -11,11 +11,13 @@ from typing import Callable
 
 from classifier.images import decode, save_thumbnail
 from classifier.live import LiveModel
+from classifier.priority import PREDICTIONS
 from classifier.registry import LocalRegistry
 from classifier.uploads import expand_uploads
 from engine.audit import AuditMixin
 from engine.labels import LabelsMixin
 from engine.training import TrainingMixin
+from labeling.recorder import UploadRecorder
 from settings import PlatformError, Settings
 from training.jobs import TrainingBusy, TrainingJobs
 from training.run import train_version
@@ -49,6 +51,8 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
         self._train = on_gpu_when_available(train_version)
         self._store = None
         self._store_lock = threading.Lock()
+        self.recorder = UploadRecorder(self.store)
+        """Writes uploaded images and batch records after the prediction has answered (see labeling/recorder.py)."""
         self.store_error: str | None = None
         self.thumbs_dir = settings.data_dir / "thumbs"
         self._audit_cache = None  # (key, LabelledSet) of the last audit, see engine.audit
@@ -94,6 +98,7 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
             return self._store
 
     def close(self) -> None:
+        self.recorder.close()  # queued uploads are written before the store closes
         for part in (self.journal, self.publisher):
             if part is not None:
                 part.close()
@@ -104,7 +109,7 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
 
     # --- prediction ------------------------------------------------------------------------------
     def predict(self, sources, progress: Progress | None = None, thumbnails: bool = False, record: bool = True,
-                version: str | None = None, max_batch: int | None = None, top_k: int = 3) -> dict:
+                version: str | None = None, max_batch: int | None = None, top_k: int = 3, rank: bool = False) -> dict:
         """Predict uploaded files (paths, bytes, .zip archives); records images and predictions in the store.
 
         Returns ``{"results", "errors", "batch_id", "model_version", "store_error"}``; a store outage
@@ -113,14 +118,17 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
         labelled). With no trained version yet, results carry ``label`` None (nothing is invented) so the
         images can still be labelled. ``thumbnails`` adds a ``thumbnail`` path per result; ``record=False``
         writes nothing to the store; ``version`` predicts with that version instead of the active one;
-        ``max_batch`` overrides ``MAX_BATCH`` (the CLI predicts whole folders).
+        ``max_batch`` overrides ``MAX_BATCH`` (the CLI predicts whole folders); ``rank`` adds the trust queue's
+        ``rank`` and ``badges`` to each result (see :meth:`review_queue`; left out if it cannot be computed).
         """
         predictor = self.live.load(version) if version else self.live.current()
-        images, errors = expand_uploads(sources, max_batch or self.settings.max_batch)
-        if predictor is not None:
-            results, bad = predictor.predict_batch(images, top_k=top_k, progress=progress)
-        else:
-            results, bad = self._unpredicted(images)
+        images, errors = expand_uploads(sources, max_batch or self.settings.max_batch,
+                                        self.settings.max_upload_mb, self.settings.max_archive_mb)
+        with PREDICTIONS.turn():  # one prediction on the cores at a time; training steps aside meanwhile
+            if predictor is not None:
+                results, bad = predictor.predict_batch(images, top_k=top_k, progress=progress)
+            else:
+                results, bad = self._unpredicted(images)
         errors += bad
         if thumbnails:
             by_sha = {i.sha256: i for i in images}
@@ -130,18 +138,22 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
         for r in results:
             r.update(human_label=None, label_revision=None)  # None: unknown until the store answers
         if results and record:
+            from labeling.store import new_batch_id
             good = {r["sha256"] for r in results}
             try:
-                store = self.store()
-                store.add_images([i for i in images if i.sha256 in good], source="upload")
-                batch_id = store.record_batch([r["sha256"] for r in results], results)
-                states = store.label_states([r["sha256"] for r in results], include_reverted=True)
+                # One indexed query stays on the path (the grid shows human labels at once); storing the images
+                # and the batch record happens after the answer, and label saves wait for it (self.recorder).
+                states = self.store().label_states([r["sha256"] for r in results], include_reverted=True)
                 for r in results:
                     state = states.get(r["sha256"]) or {}
                     r.update(human_label=state.get("label"), label_revision=state.get("revision", 0))
+                batch_id = new_batch_id()
+                self.recorder.submit(batch_id, [i for i in images if i.sha256 in good], results)
             except PlatformError as exc:
                 store_error = f"Predictions were not recorded: {exc}"
                 log.warning("%s", store_error)
+        if rank and results:
+            self._rank(results, images)
         return {"results": results, "errors": errors, "batch_id": batch_id,
                 "model_version": predictor.version if predictor else None, "store_error": store_error}
 
@@ -150,6 +162,7 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
         current human label from the store: what a reloaded page shows."""
         from classifier.images import ImageInput
 
+        self.recorder.wait()  # a batch answered moments ago may still be being recorded
         store = self.store()
         results = store.batch_predictions(batch_id)
         states = store.label_states([r["sha256"] for r in results], include_reverted=True)
@@ -163,6 +176,15 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
         versions = {r["model_version"] for r in results if r["model_version"]}
         return {"results": results, "errors": [], "batch_id": batch_id, "store_error": None,
                 "model_version": versions.pop() if len(versions) == 1 else None}
+
+    def _rank(self, results: list[dict], images: list) -> None:
+        try:
+            ranks = self.review_queue(results, {i.sha256: i for i in images})
+        except PlatformError as exc:  # the store is down, say: the grid falls back to least confident first
+            log.warning("No review order for this batch: %s", exc)
+            return
+        for row in results:
+            row.update(ranks.get(row["sha256"], {}))
 
     def _unpredicted(self, images) -> tuple[list[dict], list[dict]]:
         """Rows for images when no model exists: decodable ones, with no label."""

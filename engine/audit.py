@@ -48,17 +48,18 @@ class AuditMixin:
             result.pop("points", None)
         return result
 
-    def review_queue(self, results: list[dict]) -> dict[str, dict]:
+    def review_queue(self, results: list[dict], images: dict | None = None) -> dict[str, dict]:
         """``{sha256: {"rank": 1…, "badges": [{"kind", "text"}]}}`` for a predicted batch: most likely wrong
-        first (typical examples of each cluster first while fewer than 2 labels per class exist)."""
+        first (typical examples of each cluster first when no model predicted them). ``images`` (sha256 →
+        ImageInput) spares reading images from the store that a request still holds."""
         from classifier.images import ImageInput
         from training.review import embedder_for, queue_for
-        store = self.store()
         labelled, labelled_feats = self._labelled_set(embed_missing=False)
         embedder = embedder_for(self.settings)
         shas = [r["sha256"] for r in results if r.get("sha256")]
         feats = embedder.cache.get_many(shas)  # a head-mode version embedded them already, with this backbone
-        missing = [ImageInput(sha[:12], store.image_bytes(sha), sha) for sha in shas if sha not in feats]
+        images = images or {}
+        missing = [images.get(sha) or ImageInput(sha[:12], self.image_bytes(sha), sha) for sha in shas if sha not in feats]
         feats.update(embedder.embed(missing)[0] if missing else {})
         return queue_for(results, feats, labelled, labelled_feats)
 

@@ -27,6 +27,10 @@ class LabelsMixin:
         if not items:
             raise PlatformError("No labels to save")
         good, rejected = partition_items(items)
+        try:
+            self.recorder.wait([i["sha256"] for i in good])  # images predicted moments ago: stored first
+        except PlatformError:
+            pass  # an image whose write was given up is rejected below as not in the store
         store = self.store()
         known = store.known_images([i["sha256"] for i in good]) if good else set()
         rejected += [dict(i, error=f"image {i['sha256'][:12]} is not in the store: predict it first")
@@ -68,6 +72,7 @@ class LabelsMixin:
         ``expected_revision`` (the revision the editor saw) is still current; see ``LabelStore.set_label``."""
         if not isinstance(sha256, str) or (label is not None and not isinstance(label, str)):
             raise PlatformError("An edit needs a sha256 and a label (or null to revert)")
+        self.recorder.wait([sha256])  # the image predicted moments ago is stored before its label
         store = self.store()
         result = store.set_label(sha256, label, user=user, expected_revision=expected_revision,
                                  known_classes=self.classes())
@@ -78,12 +83,14 @@ class LabelsMixin:
     def label_detail(self, sha256: str) -> dict:
         """What a person needs to judge one image: ``{label, history (who, when, which version predicted
         what; newest first), predictions (each version's top-k, newest first)}``."""
+        self.recorder.wait([sha256])
         store = self.store()
         state = store.label_states([sha256], include_reverted=True).get(sha256)
         return {"label": state, "history": store.history(sha256, limit=50), "predictions": store.predictions_of(sha256)}
 
     def image_bytes(self, sha256: str) -> bytes:
         """The stored bytes of an image; PlatformError if unknown."""
+        self.recorder.wait([sha256])
         return self.store().image_bytes(sha256)
 
     def import_labelled(self, source, user: str = "anonymous") -> dict:

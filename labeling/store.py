@@ -88,6 +88,11 @@ def _guarded(method: Callable) -> Callable:
     return wrapper
 
 
+def new_batch_id() -> str:
+    """A fresh batch id (UTC time, then 12 random hex digits), as :meth:`Store.record_batch` makes them."""
+    return f"{_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -183,8 +188,9 @@ class LabelStore:
             self._fs.delete(file_id)
 
     @_guarded
-    def record_batch(self, shas: list[str], predictions: list[dict] | None = None) -> str:
-        """Record an upload of up to ``max_batch`` known images and their predictions; return the batch id.
+    def record_batch(self, shas: list[str], predictions: list[dict] | None = None, batch_id: str | None = None) -> str:
+        """Record an upload of up to ``max_batch`` known images and their predictions; return the batch id
+        (``batch_id`` when given, from :func:`new_batch_id`: the id a response already carries).
 
         Predictions are dicts ``{sha256, label, confidence (0-1), top_k: [{label, score}], model_version}``
         (extra keys are ignored; a None label means "not predicted" and is not stored).
@@ -193,7 +199,7 @@ class LabelStore:
         if not shas or len(shas) > self.max_batch:
             raise PlatformError(f"A batch holds 1 to {self.max_batch} images, got {len(shas)}")
         self._require_images(shas)
-        batch_id = f"{_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+        batch_id = batch_id or new_batch_id()
         # Rows without a label come from an app with no trained model yet: nothing was predicted.
         docs = [prediction_doc(p, batch_id, _now(), set(shas)) for p in predictions or [] if p.get("label") is not None]
         if docs:

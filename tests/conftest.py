@@ -112,7 +112,7 @@ class RunningApp:
     temp files); ``env`` adds to a clean environment with DATA_DIR set."""
 
     OWNED_ENV = ("MONGODB_URI", "DATASET", "APP_USERS", "HF_TOKEN", "HUB_MODEL_ID", "HUB_DATASET_ID", "HF_ENDPOINT",
-                 "MAX_BATCH", "MAX_UPLOAD_MB", "MAX_IMAGE_PIXELS", "SAMPLE_ROOTS", "SPACE_ID", "HF_ALLOWED_USERS",
+                 "MAX_BATCH", "MAX_UPLOAD_MB", "MAX_ARCHIVE_MB", "MAX_IMAGE_PIXELS", "SAMPLE_ROOTS", "SPACE_ID", "HF_ALLOWED_USERS",
                  "BACKBONE", "GRADIO_SERVER_PORT", "GRADIO_SERVER_NAME", "GRADIO_TEMP_DIR")
 
     def __init__(self, data_dir: Path, workdir: Path, env: dict[str, str]):
@@ -197,7 +197,7 @@ def launch_app(tmp_path_factory):
 # --- reliability/security tests: apps in their own working directory, killable; a database in its own process ---
 
 _APP_ENV_OWNED = ("MONGODB_URI", "DATASET", "APP_USERS", "HF_TOKEN", "HUB_MODEL_ID", "HUB_DATASET_ID", "HF_ENDPOINT",
-                  "MAX_BATCH", "MAX_UPLOAD_MB", "MAX_IMAGE_PIXELS", "SAMPLE_ROOTS", "SPACE_ID", "HF_ALLOWED_USERS",
+                  "MAX_BATCH", "MAX_UPLOAD_MB", "MAX_ARCHIVE_MB", "MAX_IMAGE_PIXELS", "SAMPLE_ROOTS", "SPACE_ID", "HF_ALLOWED_USERS",
                   "BACKBONE", "GRADIO_SERVER_PORT", "GRADIO_SERVER_NAME", "GRADIO_TEMP_DIR")
 
 

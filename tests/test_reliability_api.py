@@ -20,10 +20,10 @@ MAX_BATCH = 8
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, backbone_dir, dataset_dir):
-    """The app with MAX_UPLOAD_MB=1 and MAX_BATCH=8, v1 trained through /retrain."""
+    """The app with MAX_UPLOAD_MB=1, MAX_ARCHIVE_MB=3 and MAX_BATCH=8, v1 trained through /retrain."""
     root = tmp_path_factory.mktemp("api-inputs")
     data = data_dir_with_backbone(root, backbone_dir)
-    launched = IsolatedApp(data, root / "cwd", {"DATASET": str(dataset_dir), "MAX_UPLOAD_MB": "1",
+    launched = IsolatedApp(data, root / "cwd", {"DATASET": str(dataset_dir), "MAX_UPLOAD_MB": "1", "MAX_ARCHIVE_MB": "3",
                                                 "MAX_BATCH": str(MAX_BATCH)})
     try:
         launched.start()
@@ -87,13 +87,22 @@ def test_too_many_files_and_no_files_are_refused_clearly(client, tmp_path):
 
 
 def test_a_file_over_the_upload_limit_is_refused_and_the_app_keeps_serving(app, client, tmp_path):
+    """Gradio's transport limit is the archive limit (3 MB here); an image over the per-image limit (1 MB) gets
+    through the transport and is refused by the app as an error row."""
+    over_image, fine = tmp_path / "over-image.jpg", tmp_path / "fine.jpg"
+    over_image.write_bytes(os.urandom(2 * 1024 * 1024))
+    make_image("rectangle", (90, 40, 60), seed=3).save(fine)
+    rows = client.predict([handle_file(str(fine)), handle_file(str(over_image))], api_name="/predict")
+    assert rows[0]["file"] == "fine.jpg" and rows[0]["model_version"] == "v1"
+    assert rows[1:] == [{"file": "over-image.jpg",
+                         "error": "over-image.jpg: the file is over the per-image limit of 1 MB (MAX_UPLOAD_MB)"}]
     big = tmp_path / "big.jpg"
-    big.write_bytes(os.urandom(2 * 1024 * 1024))
-    with pytest.raises(ValueError, match="exceeds the maximum file size of 1048576 bytes"):
+    big.write_bytes(os.urandom(4 * 1024 * 1024))
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 3145728 bytes"):
         client.predict([handle_file(str(big))], api_name="/predict")  # gradio_client checks the app's limit
     response = httpx.post(app.url + "gradio_api/upload", files={"files": ("big.jpg", big.read_bytes(), "image/jpeg")},
                           timeout=60)
-    assert response.status_code == 413 and "maximum allowed size of 1048576 bytes" in response.text
+    assert response.status_code == 413 and "maximum allowed size of 3145728 bytes" in response.text
     assert_serving(client)
     small = tmp_path / "small.jpg"
     make_image("rectangle", (40, 160, 60), seed=9).save(small)

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from classifier.priority import PREDICTIONS
 from training.progress import ProgressEvent, Report
 
 
@@ -39,6 +40,7 @@ def train_linear_head(x: np.ndarray, y: np.ndarray, num_classes: int, *, lr: flo
         order = torch.randperm(len(feats), generator=generator)
         total = 0.0
         for start in range(0, len(feats), batch_size):
+            PREDICTIONS.yield_to_predictions()  # a waiting prediction gets the cores before this step
             idx = order[start:start + batch_size]
             loss = loss_fn(linear(feats[idx]), targets[idx])
             optimizer.zero_grad(set_to_none=True)

@@ -17,6 +17,7 @@ import torch
 from classifier.backbone import load_model_and_processor, resolve_backbone
 from classifier.embeddings import Embedder, EmbeddingCache, FeatureModel
 from classifier.images import ImageInput, decode
+from classifier.priority import PREDICTIONS
 from classifier.registry import LocalRegistry
 from settings import PlatformError, Settings
 from training import distributed, trainer
@@ -87,13 +88,12 @@ def embed_samples(embedder: Embedder, samples: list[Sample], report: Report | No
 
 
 def _stop_check(should_stop: Callable[[], bool] | None):
-    """A per-batch progress callback for :meth:`Embedder.embed` that stops the run as soon as asked."""
-    if should_stop is None:
-        return None
-
+    """A per-batch progress callback for :meth:`Embedder.embed` that stops the run as soon as asked and lets a
+    waiting prediction have the cores before the next batch (classifier/priority.py)."""
     def check(fraction: float, message: str) -> None:
-        if should_stop():
+        if should_stop is not None and should_stop():
             raise Cancelled()
+        PREDICTIONS.yield_to_predictions()
     return check
 
 

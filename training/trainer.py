@@ -18,6 +18,7 @@ from PIL import Image
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from classifier.images import ImageInput, decode, resize_center_crop, to_array
+from classifier.priority import PREDICTIONS
 from settings import PlatformError
 from training.config import TrainConfig
 from training.data import Sample
@@ -92,6 +93,7 @@ class _Progress(TrainerCallback):
         if self.should_stop and self.should_stop():  # asked before the first step: do not start one
             control.should_training_stop = True
             raise Cancelled()
+        PREDICTIONS.yield_to_predictions()  # a waiting prediction gets the cores before this step
 
     def on_step_end(self, args, state, control, **kwargs):
         over_time = self.max_seconds and time.monotonic() - self.started > self.max_seconds

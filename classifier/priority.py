@@ -1,0 +1,65 @@
+"""Interactive predictions first: one prediction on the cores at a time, and training steps aside meanwhile.
+
+Two things fought over the cores before: concurrent requests (each running torch's intra-op threads on the
+same 2 cores, so 4 clients together got fewer images/s than one), and a training run (a prediction during
+training took 2.3× its idle time). :data:`PREDICTIONS` is the one process-wide owner of that decision:
+
+* ``with PREDICTIONS.turn():`` around a prediction's compute — requests queue and run one after another,
+  each with every core, so 4 clients' throughput is one client's, not less;
+* ``PREDICTIONS.yield_to_predictions()`` between training steps (``training/trainer.py``'s callback and
+  ``training/head.py``'s loop) — the step waits while a prediction is in flight or queued, up to
+  ``max_wait_s``, so training cannot be starved by a stream of requests.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+MAX_TRAINING_PAUSE_S = 30.0
+"""Longest a training step waits for predictions before taking its turn anyway (seconds)."""
+
+
+class PredictionPriority:
+    """Serialises predictions and lets background work (training) wait while any is in flight."""
+
+    def __init__(self):
+        self._turn = threading.Lock()
+        self._cond = threading.Condition()
+        self._in_flight = 0
+        self.training_paused_s = 0.0
+        """Seconds training has spent waiting for predictions in this process (for the benchmark)."""
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """Hold the cores for one prediction; queued callers run one after another."""
+        with self._cond:
+            self._in_flight += 1
+        try:
+            with self._turn:
+                yield
+        finally:
+            with self._cond:
+                self._in_flight -= 1
+                self._cond.notify_all()
+
+    def in_flight(self) -> int:
+        """Predictions running or queued now."""
+        with self._cond:
+            return self._in_flight
+
+    def yield_to_predictions(self, max_wait_s: float = MAX_TRAINING_PAUSE_S) -> float:
+        """Block while predictions are in flight (at most ``max_wait_s``); returns the seconds waited."""
+        with self._cond:
+            if not self._in_flight:
+                return 0.0
+            started = time.monotonic()
+            self._cond.wait_for(lambda: not self._in_flight, max_wait_s)
+            waited = time.monotonic() - started
+            self.training_paused_s += waited
+            return waited
+
+
+PREDICTIONS = PredictionPriority()
+"""The process's one instance: predictions and training share the same cores, so they share this."""

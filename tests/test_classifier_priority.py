@@ -1,0 +1,68 @@
+"""Predictions take turns on the cores and training steps aside while one is in flight (classifier/priority.py);
+concurrent requests through the engine each get their own rows."""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from classifier.priority import PredictionPriority
+from conftest import make_image
+from engine import Engine
+
+
+def test_training_waits_while_a_prediction_holds_the_cores_and_predictions_take_turns():
+    priority = PredictionPriority()
+    inside, release, trained = threading.Event(), threading.Event(), threading.Event()
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def predict():
+        with priority.turn():
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            inside.set()
+            release.wait(30)
+            with lock:
+                running[0] -= 1
+
+    def training_step():
+        priority.yield_to_predictions(max_wait_s=30)
+        trained.set()
+    with ThreadPoolExecutor(3) as pool:
+        first, second = pool.submit(predict), pool.submit(predict)
+        assert inside.wait(30)
+        step = threading.Thread(target=training_step)
+        step.start()
+        assert not trained.wait(0.3)  # a prediction is in flight: the step has not run
+        assert priority.in_flight() == 2
+        release.set()
+        first.result(30), second.result(30)
+        step.join(30)
+    assert trained.is_set() and most[0] == 1 and priority.in_flight() == 0
+
+
+def test_a_step_runs_at_once_when_nothing_is_predicted():
+    assert PredictionPriority().yield_to_predictions(max_wait_s=30) == 0.0
+
+
+def test_concurrent_requests_each_get_their_own_rows(settings, tmp_path):
+    engine = Engine(settings)
+    batches = []
+    for b in range(4):
+        folder = tmp_path / f"client{b}"
+        folder.mkdir()
+        paths = []
+        for i in range(3):
+            path = folder / f"c{b}-{i}.jpg"
+            make_image("circles", (40 * b + 20, 60 + 30 * i, 90), seed=900 + 10 * b + i).save(path)
+            paths.append(path)
+        batches.append(paths)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(engine.predict, batches))
+    finally:
+        engine.close()
+    for paths, answer in zip(batches, answers):
+        assert [r["file"] for r in answer["results"]] == [p.name for p in paths]
+    assert len({a["batch_id"] for a in answers}) == 4
