@@ -170,24 +170,22 @@ def _stay_eval(module: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
 
 
 def build_scratch_model(config: TrainConfig, labels: list[str]):
-    """A small CNN from the stock EfficientNet architecture: ``filters`` in the first layer, doubling each
-    of ``depth`` stages, every convolution ``filter_size`` pixels wide."""
-    from transformers import EfficientNetConfig, EfficientNetForImageClassification, MobileNetV2ImageProcessor
-    from transformers.models.efficientnet.modeling_efficientnet import round_filters
+    """The plain CNN of :mod:`classifier.scratch_cnn` (``filters`` in the first stage, doubling each of
+    ``depth`` stages, ``filter_size`` px kernels) for ``labels``, with its image processor."""
+    from transformers import MobileNetV2ImageProcessor
 
-    depth, width = config.depth, config.filters / 32.0
-    channels = [32 * 2 ** i for i in range(depth + 1)]
-    cfg = EfficientNetConfig(
-        image_size=config.resolution, width_coefficient=width, depth_coefficient=1.0, depth_divisor=4,
-        kernel_sizes=[config.filter_size] * depth, in_channels=channels[:-1], out_channels=channels[1:],
-        strides=[2] * depth, num_block_repeats=[1] * depth, expand_ratios=[1] + [4] * (depth - 1),
-        dropout_rate=0.2, drop_connect_rate=0.0, id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-    )
-    cfg.hidden_dim = round_filters(cfg, 1280)
+    from classifier.scratch_cnn import ScratchCNNConfig, ScratchCNNForImageClassification
+
+    cfg = ScratchCNNConfig(filters=config.filters, filter_size=config.filter_size, depth=config.depth,
+                           dropout=SCRATCH_DROPOUT, image_size=config.resolution, id2label=dict(enumerate(labels)),
+                           label2id={name: i for i, name in enumerate(labels)})
     torch.manual_seed(config.seed)
-    model = EfficientNetForImageClassification(cfg)
+    model = ScratchCNNForImageClassification(cfg)
     processor = MobileNetV2ImageProcessor(
         size={"shortest_edge": config.resolution}, crop_size={"height": config.resolution, "width": config.resolution},
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     return model, processor
+
+
+SCRATCH_DROPOUT = 0.2
+"""Dropout in front of the scratch CNN's classifier."""
