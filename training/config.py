@@ -10,7 +10,7 @@ from settings import PlatformError
 
 MODES = ("head", "finetune", "scratch")
 # Defaults that differ by mode: (lr, batch_size, epochs).
-MODE_DEFAULTS = {"head": (3e-3, 256, 60), "finetune": (1e-4, 32, 3), "scratch": (2e-3, 32, 10)}
+MODE_DEFAULTS = {"head": (3e-3, 256, 60), "finetune": (1e-4, 32, 3), "scratch": (2e-3, 64, 10)}
 SCRATCH_RESOLUTION = 64
 """scratch mode's default input size in pixels (chosen on a validation split, see training/trainer.py)."""
 MIN_CROP_DEFAULTS = {"finetune": 0.5, "scratch": 1.0}
@@ -22,7 +22,7 @@ default schedule on the validation split, see training/trainer.py)."""
 class TrainConfig:
     mode: str = field(default="head", metadata={"help": "head (frozen backbone, fast), finetune or scratch"})
     lr: float | None = field(default=None, metadata={"help": "learning rate (default: head 3e-3, finetune 1e-4, scratch 2e-3)"})
-    batch_size: int | None = field(default=None, metadata={"help": "images per step (default: head 256, finetune 32, scratch 32)"})
+    batch_size: int | None = field(default=None, metadata={"help": "images per step (default: head 256, finetune 32, scratch 64)"})
     epochs: int | None = field(default=None, metadata={"help": "passes over the training set (default: head 60, finetune 3, scratch 10)"})
     val_fraction: float = field(default=0.2, metadata={"help": "share of each class held out for validation metrics (0–0.5)"})
     seed: int = field(default=0, metadata={"help": "random seed for the split, initialisation and augmentation"})
