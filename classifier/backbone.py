@@ -110,6 +110,8 @@ def load_model_and_processor(name_or_path: str, num_labels: int | None = None, *
     """
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+    import classifier.scratch_cnn  # noqa: F401  (registers scratch-mode versions' model type with the Auto classes)
+
     try:
         kwargs = dict(config_overrides)
         if num_labels is not None:

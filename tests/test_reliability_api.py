@@ -190,8 +190,8 @@ def test_malformed_label_payloads_are_refused(client):
     ({"batch_size": "lots"}, "batch_size must be a number, got 'lots'"),
     ({"epochs": 10**9}, "epochs must be between 1 and 1000, got 1000000000"),
     ({"batch_size": 10**7}, "batch_size must be between 1 and 4096, got 10000000"),
-    ({"mode": "scratch", "filter_size": 97}, "filter_size 97 px is larger than the 96 px input"),
-    ({"mode": "scratch", "depth": 6}, "depth 6 is too deep for a 96 px input"),
+    ({"mode": "scratch", "filter_size": 97}, "filter_size 97 px is larger than the 64 px input"),
+    ({"mode": "scratch", "depth": 6}, "depth 6 is too deep for a 64 px input"),
     ({"mode": "../../etc"}, "mode must be one of head, finetune, scratch"),
 ])
 def test_bad_training_parameters_through_the_api_say_why(client, params, fragment):

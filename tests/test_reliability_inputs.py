@@ -277,8 +277,8 @@ def test_malformed_label_requests_are_refused_whole(world):
     ({"epochs": 10**9}, "epochs must be between 1 and 1000, got 1000000000"),
     ({"batch_size": 10**7}, "batch_size must be between 1 and 4096, got 10000000"),
     ({"val_fraction": float("-inf")}, "val_fraction must be a finite number"),
-    ({"mode": "scratch", "filter_size": 97}, "filter_size 97 px is larger than the 96 px input"),
-    ({"mode": "scratch", "depth": 6}, "depth 6 is too deep for a 96 px input"),
+    ({"mode": "scratch", "filter_size": 97}, "filter_size 97 px is larger than the 64 px input"),
+    ({"mode": "scratch", "depth": 6}, "depth 6 is too deep for a 64 px input"),
     ({"mode": "turbo"}, "mode must be one of head, finetune, scratch"),
     ({"mode": "head", "steps": 5}, "Unknown training parameter 'steps'"),
 ])
@@ -296,7 +296,7 @@ def test_the_train_handler_reports_bad_parameters_from_the_form(world):
     handlers = world["handlers"]
     with pytest.raises(PlatformError, match="epochs must be between 1 and 1000, got -1"):
         next(handlers.train("head", 0, 0, -1, 0.2, 4, 32, 3, 3, None, None))
-    with pytest.raises(PlatformError, match="depth 6 is too deep for a 96 px input"):
+    with pytest.raises(PlatformError, match="depth 6 is too deep for a 64 px input"):
         next(handlers.train("scratch", 0, 0, 1, 0.2, 4, 32, 15, 6, None, None))
     with pytest.raises(PlatformError, match="lr must be a finite number, got inf"):
         next(handlers.train("head", float("inf"), 0, 0, 0.2, 4, 32, 3, 3, None, None))
@@ -305,7 +305,7 @@ def test_the_train_handler_reports_bad_parameters_from_the_form(world):
 
 def test_a_scratch_network_as_deep_as_allowed_trains(settings, dataset_dir):
     """The depth check is not too strict: the deepest network it allows for the input really trains."""
-    config = TrainConfig(mode="scratch", depth=4, filter_size=15, filters=4, epochs=1, batch_size=9)
+    config = TrainConfig(mode="scratch", depth=5, filter_size=15, filters=4, epochs=1, batch_size=9)
     samples = load_samples(dataset_dir).samples
     result = train_version(samples, config, settings, LocalRegistry(settings.models_dir))
     assert result["version"] == "v1" and result["metrics"]["labels"] == ["circles", "squares", "stripes"]
@@ -367,7 +367,7 @@ def test_predict_cli_prints_a_reason_per_bad_file_and_predicts_the_rest(world, t
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--mode", "scratch", "--depth", "6"], "depth 6 is too deep for a 96 px input"),
+    (["--mode", "scratch", "--depth", "6"], "depth 6 is too deep for a 64 px input"),
     (["--lr", "nan"], "lr must be a finite number, got nan"),
 ])
 def test_training_cli_refuses_bad_parameters_in_one_line(settings, dataset_dir, tmp_path, args, fragment):

@@ -73,7 +73,7 @@ def test_from_mapping_accepts_numbers_as_text_and_fills_mode_defaults():
     config = TrainConfig.from_mapping({"mode": "finetune", "epochs": "2", "lr": "1e-4", "batch_size": "", "augment": "no"})
     assert (config.epochs, config.lr, config.batch_size, config.augment) == (2, 1e-4, 32, False)
     scratch = TrainConfig(mode="scratch")
-    assert (scratch.resolution, scratch.epochs, scratch.batch_size) == (96, 10, 64)
+    assert (scratch.resolution, scratch.epochs, scratch.batch_size, scratch.depth, scratch.min_crop) == (64, 10, 64, 4, 1.0)
     head = TrainConfig()
     assert (head.mode, head.epochs, head.lr, head.resolution) == ("head", 60, 3e-3, None)
 

@@ -129,8 +129,8 @@ def test_scratch_model_follows_its_parameters(trained):
     settings, results = trained
     folder = settings.models_dir / results["scratch"][0]
     config = json.loads((folder / "config.json").read_text())
-    assert config["model_type"] == "efficientnet" and config["image_size"] == 32
-    assert config["kernel_sizes"] == [3, 3] and len(config["in_channels"]) == 2
+    assert config["model_type"] == "scratch_cnn" and config["image_size"] == 32
+    assert (config["filters"], config["filter_size"], config["depth"]) == (8, 3, 2)
     processor = json.loads((folder / "preprocessor_config.json").read_text())
     assert processor["crop_size"] == {"height": 32, "width": 32}
     assert LocalRegistry(settings.models_dir).get(results["scratch"][0]).info["backbone"].startswith("scratch (8 filters")

@@ -11,6 +11,11 @@ from settings import PlatformError
 MODES = ("head", "finetune", "scratch")
 # Defaults that differ by mode: (lr, batch_size, epochs).
 MODE_DEFAULTS = {"head": (3e-3, 256, 60), "finetune": (1e-4, 32, 3), "scratch": (2e-3, 64, 10)}
+SCRATCH_RESOLUTION = 64
+"""scratch mode's default input size in pixels (chosen on a validation split, see training/trainer.py)."""
+MIN_CROP_DEFAULTS = {"finetune": 0.5, "scratch": 1.0}
+"""Default ``min_crop`` by mode: scratch sees flips only (random crops slowed its learning within its short
+default schedule on the validation split, see training/trainer.py)."""
 
 
 @dataclass
@@ -25,11 +30,11 @@ class TrainConfig:
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing factor (0–0.5)"})
     unfreeze_blocks: int = field(default=4, metadata={"help": "finetune: how many of the backbone's last blocks to train (-1 = all)"})
     augment: bool = field(default=True, metadata={"help": "finetune/scratch: random crops and flips"})
-    min_crop: float = field(default=0.5, metadata={"help": "finetune/scratch: smallest share of the image area a random crop keeps (0.1–1; 1 = flips only)"})
-    filters: int = field(default=32, metadata={"help": "scratch: filters in the first conv layer (doubles each stage)"})
+    min_crop: float | None = field(default=None, metadata={"help": "finetune/scratch: smallest share of the image area a random crop keeps (0.1–1; 1 = flips only; default: finetune 0.5, scratch 1)"})
+    filters: int = field(default=32, metadata={"help": "scratch: filters in the first stage's convolution (doubles each stage)"})
     filter_size: int = field(default=3, metadata={"help": "scratch: convolution kernel size in pixels (odd)"})
-    depth: int = field(default=3, metadata={"help": "scratch: number of conv stages"})
-    resolution: int | None = field(default=None, metadata={"help": "input size in pixels (default: the backbone's, 96 for scratch)"})
+    depth: int = field(default=4, metadata={"help": "scratch: number of conv → batch norm → ReLU → 2×2 max-pool stages (each halves the image)"})
+    resolution: int | None = field(default=None, metadata={"help": f"input size in pixels (default: the backbone's, {SCRATCH_RESOLUTION} for scratch)"})
     backbone: str | None = field(default=None, metadata={"help": "head/finetune: Hub id or folder of a Hugging Face image model (default: bundled ImageNet MobileNetV2)"})
     max_seconds: float | None = field(default=None, metadata={"help": "stop training after this many seconds of wall time"})
 
@@ -41,8 +46,10 @@ class TrainConfig:
         self.lr = lr if self.lr is None else self.lr
         self.batch_size = batch_size if self.batch_size is None else self.batch_size
         self.epochs = epochs if self.epochs is None else self.epochs
+        if self.min_crop is None:
+            self.min_crop = MIN_CROP_DEFAULTS.get(self.mode, 1.0)
         if self.mode == "scratch" and self.resolution is None:
-            self.resolution = 96
+            self.resolution = SCRATCH_RESOLUTION
 
     def problems(self) -> list[str]:
         """Every bad value, each as a sentence (empty when all is well)."""
@@ -56,7 +63,7 @@ class TrainConfig:
             ("unfreeze_blocks", self.unfreeze_blocks, -1, 100, False), ("filters", self.filters, 1, 512, False),
             ("filter_size", self.filter_size, 1, 15, False), ("depth", self.depth, 1, 6, False),
             ("resolution", self.resolution, 16, 1024, True), ("max_seconds", self.max_seconds, 1.0, 7 * 86400.0, True),
-            ("seed", self.seed, 0, 2**31 - 1, False), ("min_crop", self.min_crop, 0.1, 1.0, False),
+            ("seed", self.seed, 0, 2**31 - 1, False), ("min_crop", self.min_crop, 0.1, 1.0, True),
         ]
         for name, value, low, high, optional in checks:
             if value is None and optional:
@@ -67,12 +74,12 @@ class TrainConfig:
                 out.append(f"{name} must be between {low:g} and {high:g}, got {value!r}")
         if isinstance(self.filter_size, int) and self.filter_size % 2 == 0:
             out.append(f"filter_size must be odd, got {self.filter_size}")
-        res = self.resolution or 96
+        res = self.resolution or SCRATCH_RESOLUTION
         if isinstance(self.filter_size, int) and isinstance(res, int) and self.filter_size > res:
             out.append(f"filter_size {self.filter_size} px is larger than the {res} px input")
         depth_ok = isinstance(self.depth, int) and 1 <= self.depth <= 6
         if self.mode == "scratch" and isinstance(res, int) and res >= 16 and depth_ok:
-            # Below 2×2 px the stride-2 convolutions fail (and batch norm does on a last batch of one image).
+            # A last map under 2×2 px has lost all layout (and max pooling fails on a 1×1 one).
             if smallest_feature_map(res, self.depth) < 2:
                 deepest = max((d for d in range(1, 7) if smallest_feature_map(res, d) >= 2), default=1)
                 out.append(f"depth {self.depth} is too deep for a {res} px input: every stage halves the image "
@@ -98,11 +105,8 @@ class TrainConfig:
 
 
 def smallest_feature_map(resolution: int, depth: int) -> int:
-    """Side (pixels) of the scratch CNN's last feature map: its stem and each stage halve the input (stride 2)."""
-    side = (resolution - 2) // 2 + 1
-    for _ in range(depth):
-        side = (side - 2) // 2 + 1
-    return side
+    """Side (pixels) of the scratch CNN's last feature map: each stage's 2×2 max pooling halves it (rounding down)."""
+    return resolution // 2 ** depth
 
 
 def _coerce(name: str, raw: Any, type_name: str) -> Any:
