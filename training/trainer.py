@@ -187,7 +187,7 @@ def build_scratch_model(config: TrainConfig, labels: list[str]):
 
     It replaced a small EfficientNet built from ``EfficientNetConfig``, which never learned: transformers
     initialises EfficientNet's batch-norm scales from N(0, 0.02) (fine when pretrained weights overwrite
-    them), so every block shrank the signal ~50× and the pooled features came out at ~1e-15: constant
+    them), so every batch norm shrank the signal ~50× and the pooled features came out at ~1e-15: constant
     logits, a loss flat at ln(classes), chance accuracy. Its ``batch_norm_momentum=0.99`` (a TensorFlow
     value; PyTorch reads it as "keep 1%") would also have made the saved statistics those of the last batch.
 
