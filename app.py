@@ -17,6 +17,7 @@ from classifier.images import list_image_files
 from engine import Engine, TrainingBusy
 from settings import PlatformError, Settings, get_settings
 from training.checkpoint import data_health_lines
+from training.config import TrainConfig
 from ui import auth, plots, review, views
 from ui.api import register_api
 from ui.errors import user_errors
@@ -25,6 +26,8 @@ from ui.issues import build_issues_tab
 log = logging.getLogger("app")
 API_RESULT_KEYS = ("file", "sha256", "label", "confidence", "top_k", "model_version", "human_label")
 MODES = ["head", "finetune", "scratch"]
+TRAIN_DEFAULTS = TrainConfig()
+"""The form's starting values are the training defaults (one place: training/config.py)."""
 
 
 def _hub_state(push: dict | None) -> str:
@@ -313,13 +316,13 @@ def build_app(engine: Engine) -> gr.Blocks:
                 lr = gr.Number(0, label="learning rate", minimum=0, info="0 = the mode's default")
                 batch_size = gr.Number(0, precision=0, label="batch size", minimum=0, info="0 = the mode's default")
                 epochs = gr.Number(0, precision=0, label="epochs", minimum=0, info="0 = the mode's default")
-                val_fraction = gr.Slider(0, 0.5, value=0.2, step=0.05, label="validation fraction")
+                val_fraction = gr.Slider(0, 0.5, value=TRAIN_DEFAULTS.val_fraction, step=0.05, label="validation fraction")
             with gr.Accordion("finetune / scratch options", open=False):
                 with gr.Row():
-                    unfreeze = gr.Number(4, precision=0, label="finetune: blocks to unfreeze (-1 = all)")
-                    filters = gr.Number(32, precision=0, label="scratch: filters")
-                    filter_size = gr.Number(3, precision=0, label="scratch: filter size (px)")
-                    depth = gr.Number(3, precision=0, label="scratch: depth (stages)")
+                    unfreeze = gr.Number(TRAIN_DEFAULTS.unfreeze_blocks, precision=0, label="finetune: blocks to unfreeze (-1 = all)")
+                    filters = gr.Number(TRAIN_DEFAULTS.filters, precision=0, label="scratch: filters")
+                    filter_size = gr.Number(TRAIN_DEFAULTS.filter_size, precision=0, label="scratch: filter size (px)")
+                    depth = gr.Number(TRAIN_DEFAULTS.depth, precision=0, label="scratch: depth (stages)")
             with gr.Row():
                 train_btn = gr.Button("Train a new version", variant="primary", elem_id="train-btn")
                 stop_btn = gr.Button("Stop training", variant="stop", elem_id="stop-btn")

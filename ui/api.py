@@ -6,7 +6,11 @@ from __future__ import annotations
 import gradio as gr
 
 from engine import Engine
+from training.config import TrainConfig
 from ui.errors import user_errors
+
+
+_D = TrainConfig()  # the endpoint's defaults are the training defaults
 
 
 def register_api(engine: Engine, h, api_btn, api_files, api_out) -> None:
@@ -29,8 +33,8 @@ def register_api(engine: Engine, h, api_btn, api_files, api_out) -> None:
 
     @user_errors
     def retrain(mode: str = "head", lr: float | None = None, batch_size: int | None = None, epochs: int | None = None,
-                val_fraction: float = 0.2, unfreeze_blocks: int = 4, filters: int = 32, filter_size: int = 3,
-                depth: int = 3, request: gr.Request = None) -> dict:
+                val_fraction: float = _D.val_fraction, unfreeze_blocks: int = _D.unfreeze_blocks, filters: int = _D.filters,
+                filter_size: int = _D.filter_size, depth: int = _D.depth, request: gr.Request = None) -> dict:
         """Train on DATASET + every human label and register the new version; it goes live only if it is not
         worse than the active one on the same held-out images → {version, metrics, promoted, reason, started_by,
         compared_on, warnings}. Refused with who is training and how far while another run is going."""
