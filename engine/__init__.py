@@ -113,8 +113,8 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
         """Predict uploaded files (paths, bytes, .zip archives); records images and predictions in the store.
 
         Returns ``{"results", "errors", "batch_id", "model_version", "store_error"}``; a store outage
-        never stops predictions. Each result carries the image's current ``human_label`` from the store
-        (None when none, or when the store is unreachable or not asked) and its ``label_revision`` (0: never
+        never stops predictions. With ``record``, each result carries the image's current ``human_label``
+        from the store (None when none, or when the store is unreachable) and its ``label_revision`` (0: never
         labelled). With no trained version yet, results carry ``label`` None (nothing is invented) so the
         images can still be labelled. ``thumbnails`` adds a ``thumbnail`` path per result; ``record=False``
         writes nothing to the store; ``version`` predicts with that version instead of the active one;
@@ -135,8 +135,9 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
             for r in results:
                 r["thumbnail"] = str(save_thumbnail(by_sha[r["sha256"]], self.thumbs_dir, self.settings.max_image_pixels))
         batch_id, store_error = None, None
-        for r in results:
-            r.update(human_label=None, label_revision=None)  # None: unknown until the store answers
+        if record:  # the store is asked for each image's human label (None: unknown until it answers)
+            for r in results:
+                r.update(human_label=None, label_revision=None)
         if results and record:
             from labeling.store import new_batch_id
             good = {r["sha256"] for r in results}
