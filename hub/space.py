@@ -10,6 +10,8 @@ from hub.models import hub_errors
 
 logger = logging.getLogger(__name__)
 
+HARDWARE = tuple(h.value for h in SpaceHardware)
+"""Hardware names a Space can request (cpu-basic, zero-a10g, t4-small, …)."""
 KEPT_ON_SPACE = {".gitattributes"}
 """Files already on the Space that a deploy never deletes."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from hub.models import check_repo_id
-from hub.space import deploy
+from hub.space import HARDWARE, deploy
 from settings import PlatformError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Reads HF_TOKEN, APP_USERS, HUB_MODEL_ID, HUB_DATASET_ID, "
                                           "HF_ALLOWED_USERS (and HF_ENDPOINT) from the environment.")
     cmd.add_argument("--space", required=True, help="Space id, OWNER/NAME")
-    cmd.add_argument("--hardware", choices=[h.value for h in SpaceHardware], metavar="NAME",
+    cmd.add_argument("--hardware", choices=HARDWARE, metavar="NAME",
                      help="hardware to request: cpu-basic, cpu-upgrade, zero-a10g, t4-small, … "
                           "(default: leave as is; a new Space starts on cpu-basic)")
     cmd.add_argument("--private", action="store_true", help="create the Space as private (ignored if it exists)")
