@@ -10,7 +10,6 @@ import logging
 import shutil
 import threading
 import time
-from pathlib import Path
 
 from huggingface_hub.errors import RepositoryNotFoundError
 

@@ -3,7 +3,7 @@
 ``python -m space_config deploy --space OWNER/NAME [--hardware zero-a10g] [--private] [--dry-run]``
 
 Creates the Gradio Space if needed, makes its files exactly the app's files (``app.py``,
-``settings.py``, ``engine/``, ``classifier/``, ``training/``, ``labeling/``, ``hub/``, ``ui/``, plus this
+``settings.py``, ``engine/``, ``classifier/``, ``training/``, ``labeling/``, ``hub/``, ``scale/``, ``ui/``, plus this
 folder's ``README.md`` and ``requirements.txt``; never ``data/``, ``tests/``, ``.venv/`` or hidden
 files), sets the secrets (``HF_TOKEN``, ``APP_USERS``) and public variables (``HUB_MODEL_ID``,
 ``HUB_DATASET_ID``, ``HF_ALLOWED_USERS``) from this shell's environment, and requests hardware.
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_FILES = ("app.py", "settings.py")
-APP_PACKAGES = ("engine", "classifier", "training", "labeling", "hub", "ui")
+APP_PACKAGES = ("engine", "classifier", "training", "labeling", "hub", "scale", "ui")
 SKIPPED_SUFFIXES = {".pyc", ".pyo", ".pem", ".key", ".p12", ".sqlite", ".db"}
 
 
