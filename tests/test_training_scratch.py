@@ -38,7 +38,9 @@ def scratch_run(tmp_path_factory):
 def test_scratch_learns_far_above_chance_with_a_falling_loss(scratch_run):
     settings, result, _ = scratch_run
     metrics = LocalRegistry(settings.models_dir).get(result["version"]).metrics()
-    assert metrics["val_size"] == 80 and metrics["evaluated_on"] == "validation"
+    # the validation split: the images whose sha256 falls below 0.2 (about 80 of 400), the same in every run
+    assert 60 <= metrics["val_size"] <= 100 and metrics["evaluated_on"] == "validation"
+    assert metrics["train_size"] + metrics["val_size"] == 10 * PER_CLASS
     assert metrics["accuracy"] >= 0.5  # 10 classes: chance is 0.1
     curve = [point["loss"] for point in metrics["loss_curve"]]
     assert len(curve) >= 4 and curve[-1] < 0.7 * curve[0]
