@@ -234,7 +234,7 @@ def first_embedding(bench) -> dict:
         samples = load_folder(bench.slices().accuracy_train).samples
         listed = time.perf_counter()
         embedder = Embedder(fm, cache, settings.max_image_pixels)
-        feats, errors = embed_samples(embedder, samples, lambda f, m: stamps.append(time.perf_counter()))
+        feats, errors = embed_samples(embedder, samples, lambda event: stamps.append(time.perf_counter()))
         seconds = time.perf_counter() - start
     edges = [listed] + stamps
     counts = [min(_EMBED_CHUNK, len(samples) - i * _EMBED_CHUNK) for i in range(len(stamps))]
