@@ -69,8 +69,7 @@ def embed_samples(embedder: Embedder, samples: list[Sample], report: Report | No
     missing = list({s.sha256: s for s in samples if s.sha256 not in cached}.values())
     errors: dict[str, str] = {}
     for start in range(0, len(missing), _EMBED_CHUNK):
-        if should_stop is not None and should_stop():
-            raise Cancelled()
+        stop_if_asked(should_stop)
         chunk = missing[start:start + _EMBED_CHUNK]
         inputs = []
         for s in chunk:
@@ -91,8 +90,7 @@ def _stop_check(should_stop: Callable[[], bool] | None):
     """A per-batch progress callback for :meth:`Embedder.embed` that stops the run as soon as asked and lets a
     waiting prediction have the cores before the next batch (classifier/priority.py)."""
     def check(fraction: float, message: str) -> None:
-        if should_stop is not None and should_stop():
-            raise Cancelled()
+        stop_if_asked(should_stop)
         PREDICTIONS.yield_to_predictions()
     return check
 
@@ -165,16 +163,14 @@ def train_version(samples: list[Sample], config: TrainConfig, settings: Settings
     ``{"version", "metrics"}`` (metrics summary). Nothing is registered if anything fails or if
     ``should_stop()`` turns true before the version is registered (then Cancelled is raised)."""
     report = report or ignore
-    stop = should_stop or (lambda: False)
     started = time.monotonic()
     check_classes(samples)
     distributed.check_distributed(config)
     staged = None
     try:
         staged = registry.stage()
-        info, metrics = _MODES[config.mode](samples, config, settings, staged, report, stop)
-        if stop():
-            raise Cancelled()
+        info, metrics = _MODES[config.mode](samples, config, settings, staged, report, should_stop)
+        stop_if_asked(should_stop)
         if distributed.world_size() > 1:  # torchrun: only rank 0 registers; every rank reports its weights
             info["ranks"], digest = distributed.world_size(), info.get("weights_digest")
             if not distributed.is_main_process():
