@@ -28,11 +28,12 @@ def test_two_rank_cpu_finetune_keeps_ranks_in_step_and_registers_once(settings, 
     assert results[0]["weights_digest"] == results[1]["weights_digest"]
     assert results[0]["version"] == "v1" and results[1]["version"] is None
     # 24 training images, 2 ranks × 4 per step: 3 steps per rank, not the 6 one process would take
-    assert "step 3/3" in done.stderr
+    assert [r["train_steps"] for r in results] == [3, 3]
     registry_dir = settings.models_dir
     assert sorted(p.name for p in registry_dir.iterdir() if p.name.startswith("v")) == ["v1"]
     info = json.loads((registry_dir / "v1" / "version.json").read_text())
     assert info.get("ranks") == 2 and info.get("weights_digest") == results[0]["weights_digest"]
+    assert info.get("train_steps") == 3
     staging = registry_dir / ".staging"
     assert not staging.exists() or not any(staging.iterdir()), "rank 1 left its staged copy behind"
 

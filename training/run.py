@@ -176,7 +176,7 @@ def train_version(samples: list[Sample], config: TrainConfig, settings: Settings
             if not distributed.is_main_process():
                 registry.discard(staged)
                 return {"version": None, "rank": distributed.rank(), "weights_digest": digest,
-                        "metrics": summary(metrics)}
+                        "train_steps": info.get("train_steps"), "metrics": summary(metrics)}
         metrics["data_health"] = health_for_run(samples, config, settings, registry)
         metrics.update(wall_time_s=round(time.monotonic() - started, 2), skipped=dict(skipped or {}, **metrics.get("skipped", {})))
         info.update(extra_info or {}, mode=config.mode, dataset=dataset_name, classes=metrics["labels"])
@@ -194,7 +194,8 @@ def train_version(samples: list[Sample], config: TrainConfig, settings: Settings
     if activate:
         registry.set_active(version)
     if distributed.world_size() > 1:
-        return {"version": version, "rank": 0, "weights_digest": digest, "metrics": summary(metrics)}
+        return {"version": version, "rank": 0, "weights_digest": digest, "train_steps": info.get("train_steps"),
+                "metrics": summary(metrics)}
     return {"version": version, "metrics": summary(metrics)}
 
 
@@ -283,10 +284,11 @@ def _train_finetune(samples, config, settings, staged, report, should_stop):
     log.info("finetune: %d trainable parameters", trainable)
     dataset = trainer.ImageDataset(train, [index[s.label] for s in train], fm.resolution, fm.mean, fm.std,
                                    config.augment, settings.max_image_pixels, config.seed, config.min_crop)
-    curve = trainer.fit(model, dataset, config, part_of(report, 0.5, 0.45), should_stop)
+    curve, steps = trainer.fit(model, dataset, config, part_of(report, 0.5, 0.45), should_stop)
     stop_if_asked(should_stop)
-    return _save_and_evaluate(model, _processor_for(backbone, config.resolution), staged, parts,
-                              labels, index, settings, curve, skipped, {"backbone": config.backbone or settings.backbone or "bundled"})
+    return _save_and_evaluate(model, _processor_for(backbone, config.resolution), staged, parts, labels, index,
+                              settings, curve, skipped,
+                              {"backbone": config.backbone or settings.backbone or "bundled", "train_steps": steps})
 
 
 def _train_scratch(samples, config, settings, staged, report, should_stop):
@@ -300,10 +302,11 @@ def _train_scratch(samples, config, settings, staged, report, should_stop):
     dataset = trainer.ImageDataset(train, [index[s.label] for s in train], config.resolution, processor.image_mean,
                                    processor.image_std, config.augment, settings.max_image_pixels, config.seed,
                                    config.min_crop)
-    curve = trainer.fit(model, dataset, config, part_of(report, 0.05, 0.9), should_stop)
+    curve, steps = trainer.fit(model, dataset, config, part_of(report, 0.05, 0.9), should_stop)
     stop_if_asked(should_stop)
     return _save_and_evaluate(model, processor, staged, parts, labels, index, settings, curve, skipped,
-                              {"backbone": f"scratch ({config.filters} filters, {config.filter_size}px kernels, depth {config.depth})"})
+                              {"backbone": f"scratch ({config.filters} filters, {config.filter_size}px kernels, depth {config.depth})",
+                               "train_steps": steps})
 
 
 def _save_and_evaluate(model, processor, staged, parts, labels, index, settings, curve, skipped, info):

@@ -79,6 +79,7 @@ class _Progress(TrainerCallback):
     def __init__(self, report, should_stop, max_seconds):
         self.report, self.should_stop, self.max_seconds = report, should_stop, max_seconds
         self.curve: list[dict] = []
+        self.steps = 0
         self.started = time.monotonic()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -96,13 +97,15 @@ class _Progress(TrainerCallback):
         PREDICTIONS.yield_to_predictions()  # a waiting prediction gets the cores before this step
 
     def on_step_end(self, args, state, control, **kwargs):
+        self.steps = state.global_step
         over_time = self.max_seconds and time.monotonic() - self.started > self.max_seconds
         if over_time or (self.should_stop and self.should_stop()):
             control.should_training_stop = True
 
 
-def fit(model, train_set: ImageDataset, config: TrainConfig, report=None, should_stop=None) -> list[dict]:
-    """Train ``model`` in place with Trainer; returns the loss curve."""
+def fit(model, train_set: ImageDataset, config: TrainConfig, report=None, should_stop=None) -> tuple[list[dict], int]:
+    """Train ``model`` in place with Trainer; returns the loss curve and the number of optimizer steps taken
+    (under torchrun, per rank)."""
     steps_per_epoch = max(1, -(-len(train_set) // config.batch_size))
     with tempfile.TemporaryDirectory(prefix="trainer-") as scratch_dir:
         args = TrainingArguments(
@@ -126,7 +129,7 @@ def fit(model, train_set: ImageDataset, config: TrainConfig, report=None, should
         trainer.remove_callback(PrinterCallback)  # progress goes through ``report`` and logging instead
         trainer.train()
     model.eval()
-    return callback.curve
+    return callback.curve, callback.steps
 
 
 FINETUNE_WARMUP = 0.1
