@@ -53,6 +53,12 @@ def test_bundled_backbone_gives_1280_dim_pooled_features_that_tell_images_apart(
         feats = fm.features(batch)
     assert feats.shape == (4, 1280)
     assert torch.isfinite(feats).all() and (feats >= 0).all()  # ReLU6 before pooling
+    # The inference copy (batch norm folded, in-place activations) gives the saved model's features
+    with torch.inference_mode():
+        saved = model.base_model(pixel_values=batch).pooler_output.flatten(1)
+    relu6 = lambda module: [m.inplace for m in module.modules() if isinstance(m, torch.nn.ReLU6)]  # noqa: E731
+    assert all(relu6(fm.base)) and not any(relu6(model))  # training keeps autograd-safe activations
+    assert torch.allclose(feats, saved, atol=1e-4, rtol=1e-4)
     cos = torch.nn.functional.cosine_similarity
     # Real ImageNet features: two circles are closer to each other than a circle is to stripes.
     assert cos(feats[0:1], feats[3:4]) > cos(feats[0:1], feats[2:3])
