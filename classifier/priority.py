@@ -8,7 +8,8 @@ training took 2.3× its idle time). :data:`PREDICTIONS` is the one process-wide 
   each with every core, so 4 clients' throughput is one client's, not less;
 * ``PREDICTIONS.yield_to_predictions()`` between training steps (``training/trainer.py``'s callback and
   ``training/head.py``'s loop) — the step waits while a prediction is in flight or queued, up to
-  ``max_wait_s``, so training cannot be starved by a stream of requests.
+  ``max_wait_s``, so training cannot be starved by a stream of requests;
+* ``PREDICTIONS.wait_until_idle()`` between chunks of the upload recorder's store writes, likewise.
 """
 from __future__ import annotations
 
@@ -50,15 +51,21 @@ class PredictionPriority:
             return self._in_flight
 
     def yield_to_predictions(self, max_wait_s: float = MAX_TRAINING_PAUSE_S) -> float:
-        """Block while predictions are in flight (at most ``max_wait_s``); returns the seconds waited."""
+        """Training's pause: block while predictions are in flight (at most ``max_wait_s``); returns the
+        seconds waited, also added to :attr:`training_paused_s`."""
+        waited = self.wait_until_idle(max_wait_s)
+        self.training_paused_s += waited
+        return waited
+
+    def wait_until_idle(self, max_wait_s: float = MAX_TRAINING_PAUSE_S) -> float:
+        """Block while predictions are in flight (at most ``max_wait_s``); returns the seconds waited. Other
+        background work (the upload recorder) pauses here without counting as training."""
         with self._cond:
             if not self._in_flight:
                 return 0.0
             started = time.monotonic()
             self._cond.wait_for(lambda: not self._in_flight, max_wait_s)
-            waited = time.monotonic() - started
-            self.training_paused_s += waited
-            return waited
+            return time.monotonic() - started
 
 
 PREDICTIONS = PredictionPriority()

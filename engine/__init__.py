@@ -25,6 +25,8 @@ from training.scoring import VersionScorer
 
 __all__ = ["Engine", "TrainingBusy", "on_gpu_when_available", "replay_journal"]
 log = logging.getLogger(__name__)
+RECORDER_MAX_PAUSE_S = 5.0
+"""Longest the upload recorder waits for in-flight predictions before writing its next chunk (seconds)."""
 Progress = Callable[[float, str], None]
 
 
@@ -51,7 +53,7 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
         self._train = on_gpu_when_available(train_version)
         self._store = None
         self._store_lock = threading.Lock()
-        self.recorder = UploadRecorder(self.store)
+        self.recorder = UploadRecorder(self.store, pause=lambda: PREDICTIONS.wait_until_idle(RECORDER_MAX_PAUSE_S))
         """Writes uploaded images and batch records after the prediction has answered (see labeling/recorder.py)."""
         self.store_error: str | None = None
         self.thumbs_dir = settings.data_dir / "thumbs"

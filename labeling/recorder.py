@@ -6,6 +6,10 @@ prediction answers first; :class:`UploadRecorder` writes the images and the batc
 anything that needs them (a label save, a batch reload, an image's bytes) calls :meth:`UploadRecorder.wait`
 first, so a label save always finds its image. A write that fails is retried; one that still fails is
 reported by ``wait`` (and ``error``) with a message to upload the images again.
+
+Images are written :data:`CHUNK` at a time, and before each chunk the recorder calls ``pause`` (the engine
+passes ``PREDICTIONS.wait_until_idle``): a prediction that arrives while a batch is being recorded
+gets the cores, instead of sharing them with the previous batch's journaled writes.
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ from typing import Any, Callable
 from settings import PlatformError
 
 log = logging.getLogger(__name__)
+CHUNK = 16
+"""Images written between two calls to ``pause``."""
 RETRY_DELAYS_S = (0.5, 2.0, 5.0)
 """Pauses before each retry of a failed write (a store outage); then the write is given up and reported."""
 
@@ -34,8 +40,9 @@ class UploadRecorder:
     """Writes ``(images, predictions)`` of each batch to ``store()`` on its own thread; ``wait`` blocks until
     given images (or everything submitted) are written."""
 
-    def __init__(self, store: Callable[[], Any], wait_timeout_s: float = 120.0):
+    def __init__(self, store: Callable[[], Any], wait_timeout_s: float = 120.0, pause: Callable[[], Any] | None = None):
         self._store = store
+        self._pause = pause or (lambda: None)
         self._wait_timeout_s = wait_timeout_s
         self._cond = threading.Condition()
         self._jobs: deque[_Job] = deque()
@@ -117,7 +124,9 @@ class UploadRecorder:
             time.sleep(delay)
             try:
                 store = self._store()
-                store.add_images(job.images, source="upload")
+                for start in range(0, len(job.images), CHUNK):  # known images are skipped: a retry redoes nothing
+                    self._pause()
+                    store.add_images(job.images[start:start + CHUNK], source="upload")
                 store.record_batch([p["sha256"] for p in job.predictions], job.predictions, batch_id=job.batch_id)
                 return None
             except PlatformError as exc:

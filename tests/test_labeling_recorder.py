@@ -36,3 +36,32 @@ def test_a_label_saved_right_after_predict_finds_its_image_and_close_writes_ever
         assert reopened.label_states([sha])[sha]["label"] == "stripes"
     finally:
         reopened.close()
+
+
+def test_the_recorder_writes_in_chunks_and_pauses_before_each_for_predictions(settings):
+    """A prediction arriving while a batch is recorded gets the cores between chunks (``pause``)."""
+    import io
+
+    from classifier.images import ImageInput
+    from labeling.recorder import CHUNK, UploadRecorder
+
+    images = []
+    for i in range(CHUNK * 2 + 3):
+        out = io.BytesIO()
+        make_image("dots", (10 + 5 * i, 40, 200), seed=900 + i).save(out, format="JPEG")
+        images.append(ImageInput.from_bytes(out.getvalue(), f"p{i}.jpg"))
+    stored_before_pause = []
+    engine = Engine(settings)
+    try:
+        store = engine.store()
+        recorder = UploadRecorder(lambda: store, pause=lambda: stored_before_pause.append(
+            len(store.known_images([i.sha256 for i in images]))))
+        rows = [{"sha256": i.sha256, "label": "dots", "confidence": 0.9, "top_k": [], "model_version": "v1"}
+                for i in images]
+        recorder.submit("batch-chunks", images, rows)
+        recorder.wait()
+        recorder.close()
+        assert stored_before_pause == [0, CHUNK, 2 * CHUNK]  # paused before each chunk, not once per batch
+        assert store.known_images([i.sha256 for i in images]) == {i.sha256 for i in images}
+    finally:
+        engine.close()
