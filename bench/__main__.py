@@ -20,6 +20,8 @@ Sections (run order; --only takes these names):
               12-MP phone photos, against a "typical Space" (pipeline() per image) and a bare Gradio
               app that only receives the files, all driven by the same client on the same images
   cold_start  6. `python app.py` until /status answers
+  live        6b. the app as a person meets it: its CPU with no tab and one Chromium tab open, Chromium
+              upload → 128 cards captioned, a prediction while a training run is going vs idle
   audit       7. the trust queue and data audit: mislabels, a session's top 10, review effort, labels saved,
               near-duplicates, speed (issue 14)
   levers      resolution, threads, batch size, decode threads, channels_last, batch-norm folding,
@@ -48,10 +50,11 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-ORDER = ("inference", "embedding", "accuracy", "retrain", "scratch", "app", "cold_start", "audit", "levers", "best", "scale")
+ORDER = ("inference", "embedding", "accuracy", "retrain", "scratch", "app", "cold_start", "live", "audit", "levers", "best", "scale")
 OPTIONAL = ("levers", "best", "scale")
 """Not run by default (they would not fit the default run's ten minutes): add --levers, or name with --only."""
-REPORT_ORDER = ("inference", "retrain", "embedding", "accuracy", "best", "scratch", "app", "cold_start", "audit", "levers",
+REPORT_ORDER = ("inference", "retrain", "embedding", "accuracy", "best", "scratch", "app", "cold_start", "live", "audit",
+                "levers",
                 "scale")
 BENCH_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -92,10 +95,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _modules():
-    from bench import accuracy, app_load, audit, best, inference, levers, retrain, scale_out, scratch
+    from bench import accuracy, app_live, app_load, audit, best, inference, levers, retrain, scale_out, scratch
     return {"audit": audit.run, "inference": inference.run_batch, "embedding": inference.run_first_embedding, "accuracy": accuracy.run,
             "retrain": retrain.run, "scratch": scratch.run, "app": app_load.run_load, "cold_start": app_load.run_cold_start,
-            "levers": levers.run, "best": best.run, "scale": scale_out.run}
+            "live": app_live.run, "levers": levers.run, "best": best.run, "scale": scale_out.run}
 
 
 def _destination(args) -> tuple[Path, str | None]:

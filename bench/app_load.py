@@ -39,13 +39,15 @@ def _free_port() -> int:
 class AppProcess:
     """``python app.py`` on a free port with the given ``DATA_DIR``; stopped (its whole process group) on exit."""
 
-    def __init__(self, settings, log_path: Path):
+    def __init__(self, settings, log_path: Path, dataset: Path | None = None):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         env = dict(os.environ, DATA_DIR=str(settings.data_dir), BACKBONE=str(settings.backbone or ""),
                    GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         for name in ("DATASET", "MONGODB_URI", "APP_USERS", "SPACE_ID", "HUB_MODEL_ID"):
             env.pop(name, None)
+        if dataset is not None:
+            env["DATASET"] = str(dataset)
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.started = time.perf_counter()
