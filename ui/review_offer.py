@@ -56,8 +56,10 @@ function showOffer() {
   const yes = el('button', 'rv-btn rv-offer-yes', 'Relabel ' + n); yes.title = 'y';
   const no = el('button', 'rv-btn rv-offer-no', 'No'); no.title = 'Esc';
   yes.onclick = () => { acceptOffer(); focusAt(S.focus); }; no.onclick = () => { dismissOffer(); focusAt(S.focus); };
-  bar.replaceChildren(el('span', '', n + (n === 1 ? ' similar image is' : ' similar images are') + ' also predicted '),
-    el('b', '', o.old), el('span', '', ' \u2014 relabel as '), el('b', '', o.label), el('span', '', '? [y] yes \u00b7 [Esc] no'), yes, no);
+  const text = el('span', 'rv-offer-text');
+  text.append(n + (n === 1 ? ' similar image is' : ' similar images are') + ' also predicted ', el('b', '', o.old),
+    ' \u2014 relabel as ', el('b', '', o.label), '? [y] yes \u00b7 [Esc] no');
+  bar.replaceChildren(text, yes, no);
   for (const sha of o.shas) card(S.by[sha]).classList.add('rv-offered');
   bar.hidden = false; q('.rv-root').dataset.offer = 'open';
 }
