@@ -123,18 +123,27 @@ class AuditMixin:
         from training.review import CLUSTER_LIMIT, cluster_offer, embedder_for
         if not isinstance(sha256, str) or not isinstance(old_label, str) or not isinstance(results, list):
             raise PlatformError("Similar images need a sha256, its old predicted label and the batch's results")
+        if len(results) > self.settings.max_batch:
+            raise PlatformError(f"At most {self.settings.max_batch} images (MAX_BATCH) can be compared at once")
         rows = [r for r in results if isinstance(r, dict) and isinstance(r.get("sha256"), str)]
-        candidates = [r["sha256"] for r in rows if r.get("label") == old_label and r["sha256"] != sha256]
+        candidates = list(dict.fromkeys(r["sha256"] for r in rows if r.get("label") == old_label and r["sha256"] != sha256))
         if not candidates:
             return []
         store = self.store()
-        labelled_now = set(store.label_states(candidates + [sha256]))  # current human labels only
-        shas = [s for s in candidates if s not in labelled_now and s not in set(reviewed or ())]
+        excluded = set(store.label_states(candidates + [sha256])) | {s for s in reviewed or () if isinstance(s, str)}
+        shas = [s for s in candidates if s not in excluded]  # no current human label, not touched
         if not shas:
             return []
         embedder = embedder_for(self.settings)
         feats = embedder.cache.get_many(shas + [sha256])
-        missing = [ImageInput(s[:12], self.image_bytes(s), s) for s in shas + [sha256] if s not in feats]
+        unembedded = [s for s in shas + [sha256] if s not in feats]
+        if unembedded:
+            try:
+                self.recorder.wait(unembedded)  # images predicted moments ago: stored first
+            except PlatformError:
+                pass  # one whose write was given up is skipped below, as unknown
+        known = store.known_images(unembedded) if unembedded else set()  # an unknown sha256 is skipped
+        missing = [ImageInput(s[:12], store.image_bytes(s), s) for s in known]
         feats.update(embedder.embed(missing)[0] if missing else {})
         labelled, labelled_feats = self._labelled_set(embed_missing=False)
         reference = [labelled_feats[s.sha256] for s in {s.sha256: s for s in labelled.entries}.values()

@@ -130,6 +130,7 @@ def test_label_by_cluster_offers_close_unreviewed_images_of_the_old_prediction_a
     predicted otherwise; accepting saves human labels, and reverting them (the grid's undo) leaves the history."""
     from bench.data import load_split, to_jpeg
     from engine import Engine
+    from settings import PlatformError
     images, labels = load_split("train")
     labelled = tmp_path / "labelled"
     for cls, name in ((1, "trousers"), (8, "bags")):
@@ -160,6 +161,10 @@ def test_label_by_cluster_offers_close_unreviewed_images_of_the_old_prediction_a
         assert offered and set(offered) <= set(sneakers[3:6]), [(o, o in bags) for o in offered]
         assert [o["similarity"] for o in offer] == sorted((o["similarity"] for o in offer), reverse=True)
         assert len(store.history()) == history_before  # asking writes nothing
+        unknown = {"sha256": "0" * 64, "label": "bags"}  # a row the store never saw is skipped, junk refused
+        assert engine.similar_unreviewed(sneakers[0], "bags", results + [unknown], reviewed=[sneakers[2]]) == offer
+        with pytest.raises(PlatformError):
+            engine.similar_unreviewed(sneakers[0], None, results)
 
         for s in offered:  # accepting: one per-edit save each, as the grid sends them
             assert engine.set_label(s, "sneakers", user="ana", expected_revision=0)["status"] == "saved"

@@ -91,7 +91,7 @@ def server_function(engine):
         """``{sha256, old, rows: [{sha256, label}], reviewed: [sha256]}`` → ``{shas}`` nearest first (``{shas: [],
         error}`` when the engine cannot say): the rows to offer after correcting ``sha256``, predicted ``old``."""
         body = body if isinstance(body, dict) else {}
-        reviewed = [s for s in body.get("reviewed") or [] if isinstance(s, str)]
+        reviewed = body.get("reviewed") if isinstance(body.get("reviewed"), list) else []
         try:
             found = engine.similar_unreviewed(body.get("sha256"), body.get("old"), body.get("rows"), reviewed)
         except PlatformError as exc:
