@@ -4,8 +4,9 @@
 Side by side here: the template and styles, the payload the grid is drawn from (:func:`payload`), and the
 Python functions its script calls (:func:`server_functions`: ``save_edits``, ``label_detail``), and the
 script :data:`JS`; the offer to relabel similar images after a correction is :mod:`ui.review_offer`. The
-script writes every user-typed string (labels, class and file names, badges, user names) with ``textContent``/``setAttribute``, never ``innerHTML``, so a label such as
-``<img src=x onerror=alert(1)>`` shows as text.
+script writes every user-typed string (labels, class and file names, badges, user names) with
+``textContent``/``setAttribute``, never ``innerHTML``, so a label such as ``<img src=x onerror=alert(1)>``
+shows as text.
 
 The script keeps the page's state: the batch's rows, each card's label, the undo stack and the queue of edits
 not yet saved. Each edit is sent at once through ``save_edits`` (coalesced while a call is in flight) with
