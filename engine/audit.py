@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from engine.samples import human_samples, load_base
 from settings import PlatformError
 
@@ -109,3 +111,42 @@ class AuditMixin:
         return {"changed": self.store().set_decisions(undo["items"], user=user)["changed"]}
 
 
+    def similar_unreviewed(self, sha256: str, old_label: str, results: list[dict], reviewed=(),
+                           limit: int | None = None) -> list[dict]:
+        """Label by cluster: ``[{sha256, similarity}]`` nearest first (at most ``limit``, default
+        ``training.review.CLUSTER_LIMIT``): the images of ``results`` (a batch's ``[{sha256, label}]``) predicted
+        ``old_label`` — the corrected image's old prediction — that have no human label in the store, are not in
+        ``reviewed`` (touched in this session) and are close to ``sha256`` (see ``training.review.CLUSTER_MARGIN``:
+        closer to it than to any labelled image of ``old_label``). Writes nothing; only cached embeddings are
+        used, plus the few images of the batch not yet embedded."""
+        from classifier.images import ImageInput
+        from training.review import CLUSTER_LIMIT, cluster_offer, embedder_for
+        if not isinstance(sha256, str) or not isinstance(old_label, str) or not isinstance(results, list):
+            raise PlatformError("Similar images need a sha256, its old predicted label and the batch's results")
+        if len(results) > self.settings.max_batch:
+            raise PlatformError(f"At most {self.settings.max_batch} images (MAX_BATCH) can be compared at once")
+        rows = [r for r in results if isinstance(r, dict) and isinstance(r.get("sha256"), str)]
+        candidates = list(dict.fromkeys(r["sha256"] for r in rows if r.get("label") == old_label and r["sha256"] != sha256))
+        if not candidates:
+            return []
+        store = self.store()
+        excluded = set(store.label_states(candidates + [sha256])) | {s for s in reviewed or () if isinstance(s, str)}
+        shas = [s for s in candidates if s not in excluded]  # no current human label, not touched
+        if not shas:
+            return []
+        embedder = embedder_for(self.settings)
+        feats = embedder.cache.get_many(shas + [sha256])
+        unembedded = [s for s in shas + [sha256] if s not in feats]
+        if unembedded:
+            try:
+                self.recorder.wait(unembedded)  # images predicted moments ago: stored first
+            except PlatformError:
+                pass  # one whose write was given up is skipped below, as unknown
+        known = store.known_images(unembedded) if unembedded else set()  # an unknown sha256 is skipped
+        missing = [ImageInput(s[:12], store.image_bytes(s), s) for s in known]
+        feats.update(embedder.embed(missing)[0] if missing else {})
+        labelled, labelled_feats = self._labelled_set(embed_missing=False)
+        reference = [labelled_feats[s.sha256] for s in {s.sha256: s for s in labelled.entries}.values()
+                     if s.label == old_label and s.sha256 in labelled_feats]
+        return cluster_offer(sha256, old_label, [{"sha256": s, "label": old_label} for s in shas], feats, set(),
+                             np.stack(reference) if reference else None, limit or CLUSTER_LIMIT)

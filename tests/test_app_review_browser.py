@@ -1,6 +1,6 @@
 """Issue 17's review workspace in a real headless Chromium, keyboard only after the upload: 128 Fashion-MNIST
 test images predicted by a head trained in the fixture on other Fashion-MNIST images; corrections, a bulk
-relabel and its undo, an HTML label, filters, a reload, the batch predicted again, the tab closed and the
+relabel and its undo, a similar-images offer accepted and undone, an HTML label, filters, a reload, the batch predicted again, the tab closed and the
 server killed with SIGKILL; then MongoDB holds exactly the labels the person set and nothing else."""
 from __future__ import annotations
 
@@ -128,6 +128,43 @@ def test_keyboard_review_loses_and_invents_nothing(fashion, launch_app, artifact
         wait_saved(page)
         shot("corrections")
         assert correction_keys <= 25, correction_keys
+
+        # label by cluster: a correction whose old prediction has close unreviewed neighbours offers them, the
+        # focus staying on the next card; y relabels the group, and one u reverts all of it
+        offer = None
+        for _ in range(128):
+            sha = focused(page)
+            row = next(c for c in cards(page) if c["sha256"] == sha)
+            if row["state"] != "untouched" or row["pred"] == truth[sha]:
+                page.keyboard.press("ArrowRight")
+                continue
+            page.keyboard.press(legend[truth[sha]])
+            expected[sha] = truth[sha]
+            page.wait_for_function("document.querySelector('#review .rv-root').dataset.offer !== 'asking'", timeout=TIMEOUT_MS)
+            if page.get_attribute("#review .rv-root", "data-offer") == "open":
+                offer = row
+                break
+        assert offer, "no correction of this batch offered similar images"
+        offered = page.evaluate("[...document.querySelectorAll('#review .rv-card.rv-offered')].map(c => c.dataset.sha256)")
+        now = {c["sha256"]: c for c in cards(page)}
+        assert offered and offer["sha256"] not in offered
+        assert all(now[s]["state"] == "untouched" and now[s]["pred"] == offer["pred"] for s in offered)
+        assert focused(page) not in (None, offer["sha256"])  # the next card, not the offer bar
+        bar = page.inner_text("#review .rv-offer")
+        assert f"{len(offered)} similar image" in bar and offer["pred"] in bar and truth[offer["sha256"]] in bar
+        page.evaluate("""() => { const grid = document.querySelector('#review .rv-grid');  // ringed cards in view
+            grid.scrollTop = document.querySelector('#review .rv-offered').offsetTop - grid.offsetTop - 8; }""")
+        shot("offer")
+        page.keyboard.press("y")
+        now = {c["sha256"]: c for c in cards(page)}
+        assert all(now[s]["human"] == truth[offer["sha256"]] for s in offered)
+        assert page.get_attribute("#review .rv-root", "data-offer") is None
+        wait_saved(page)
+        page.keyboard.press("u")
+        wait_saved(page)
+        now = {c["sha256"]: c for c in cards(page)}
+        assert all(now[s]["state"] == "untouched" for s in offered)
+        assert now[offer["sha256"]]["human"] == truth[offer["sha256"]]
 
         # bulk: the focused card's predicted class as a filter, select all, a class key; one undo restores it
         before = {c["sha256"]: (c["state"], c["human"]) for c in cards(page)}

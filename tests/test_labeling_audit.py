@@ -122,3 +122,60 @@ def test_review_queue_ranks_every_predicted_image_and_badges_a_near_copy_of_a_la
     by_file = {r["file"]: queue[r["sha256"]] for r in batch["results"]}
     assert {"kind": "duplicate", "text": "near-duplicate of sneakers_2.jpg (sneakers)"} in by_file["new_copy.jpg"]["badges"]
     assert all(b["kind"] in ("label", "duplicate", "outlier") for q in queue.values() for b in q["badges"])
+
+
+def test_label_by_cluster_offers_close_unreviewed_images_of_the_old_prediction_and_undo_reverts_them(tmp_path, settings):
+    """Sneakers (a class the labelled set lacks) predicted as bags: correcting one offers the other sneakers
+    predicted bags that nobody reviewed, never the real bags, the human-labelled or touched ones, or images
+    predicted otherwise; accepting saves human labels, and reverting them (the grid's undo) leaves the history."""
+    from bench.data import load_split, to_jpeg
+    from engine import Engine
+    from settings import PlatformError
+    images, labels = load_split("train")
+    labelled = tmp_path / "labelled"
+    for cls, name in ((1, "trousers"), (8, "bags")):
+        (labelled / name).mkdir(parents=True)
+        for i, index in enumerate(np.flatnonzero(labels == cls)[:12]):
+            (labelled / name / f"{name}_{i}.jpg").write_bytes(to_jpeg(images[index]))
+    batch_dir = tmp_path / "batch"
+    batch_dir.mkdir()
+    for cls, name, count in ((7, "sneaker", 8), (8, "bag", 6)):
+        for i, index in enumerate(np.flatnonzero(labels == cls)[100:100 + count]):
+            (batch_dir / f"{name}_{i}.jpg").write_bytes(to_jpeg(images[index]))
+    engine = Engine(load_settings({"DATA_DIR": str(settings.data_dir), "DATASET": str(labelled)}))
+    try:
+        engine.audit()  # embeds the labelled set, as training a version would
+        batch = engine.predict(sorted(str(p) for p in batch_dir.iterdir()))  # no version yet: stored, not predicted
+        sha = {r["file"]: r["sha256"] for r in batch["results"]}
+        sneakers = [sha[f"sneaker_{i}.jpg"] for i in range(8)]
+        bags = [sha[f"bag_{i}.jpg"] for i in range(6)]
+        # what an earlier version predicted: every bag and sneaker as bags, except two sneakers as trousers
+        results = [{"sha256": s, "label": "trousers" if s in sneakers[6:] else "bags"} for s in sneakers + bags]
+        engine.save_labels([{"sha256": sneakers[1], "label": "sneakers"}], user="ana")  # reviewed earlier
+        engine.set_label(sneakers[0], "sneakers", user="ana", expected_revision=0)  # the correction
+        store = engine.store()
+        history_before = len(store.history())
+
+        offer = engine.similar_unreviewed(sneakers[0], "bags", results, reviewed=[sneakers[2]])
+        offered = [o["sha256"] for o in offer]
+        assert offered and set(offered) <= set(sneakers[3:6]), [(o, o in bags) for o in offered]
+        assert [o["similarity"] for o in offer] == sorted((o["similarity"] for o in offer), reverse=True)
+        assert len(store.history()) == history_before  # asking writes nothing
+        unknown = {"sha256": "0" * 64, "label": "bags"}  # a row the store never saw is skipped, junk refused
+        assert engine.similar_unreviewed(sneakers[0], "bags", results + [unknown], reviewed=[sneakers[2]]) == offer
+        with pytest.raises(PlatformError):
+            engine.similar_unreviewed(sneakers[0], None, results)
+
+        for s in offered:  # accepting: one per-edit save each, as the grid sends them
+            assert engine.set_label(s, "sneakers", user="ana", expected_revision=0)["status"] == "saved"
+        assert not set(offered) & {o["sha256"] for o in engine.similar_unreviewed(sneakers[0], "bags", results)}
+        for s in offered:  # the grid's one undo of the group
+            assert engine.set_label(s, None, user="ana", expected_revision=1)["status"] == "saved"
+        current = store.current_labels()
+        assert current[sneakers[0]] == current[sneakers[1]] == "sneakers"
+        assert not set(offered) & set(current)
+        for s in offered:
+            assert [(h["label"], h["previous"], h["user"]) for h in store.history(s)] == [
+                (None, "sneakers", "ana"), ("sneakers", None, "ana")]
+    finally:
+        engine.close()

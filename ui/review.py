@@ -3,9 +3,10 @@
 
 Side by side here: the template and styles, the payload the grid is drawn from (:func:`payload`), and the
 Python functions its script calls (:func:`server_functions`: ``save_edits``, ``label_detail``), and the
-script :data:`JS`. The script writes every user-typed string (labels, class and file names, badges, user
-names) with ``textContent``/``setAttribute``, never ``innerHTML``, so a label such as
-``<img src=x onerror=alert(1)>`` shows as text.
+script :data:`JS`; the offer to relabel similar images after a correction is :mod:`ui.review_offer`. The
+script writes every user-typed string (labels, class and file names, badges, user names) with
+``textContent``/``setAttribute``, never ``innerHTML``, so a label such as ``<img src=x onerror=alert(1)>``
+shows as text.
 
 The script keeps the page's state: the batch's rows, each card's label, the undo stack and the queue of edits
 not yet saved. Each edit is sent at once through ``save_edits`` (coalesced while a call is in flight) with
@@ -28,6 +29,7 @@ from urllib.parse import quote
 import gradio as gr
 
 from settings import PlatformError
+from ui import review_offer
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +100,12 @@ const KEYS = [['1–9, 0', 'set the class with that key (legend) on the focused 
   ['a, Ctrl+A', 'select every card in this view'], ['Esc', 'clear the selection, close a panel'],
   ['p', 'show only the focused card\u2019s predicted class (again: all)'], ['s', 'show untouched / confirmed / corrected / all'],
   ['r', 'reverse the order'], ['C (Shift+c)', 'confirm all untouched cards in this view'],
-  ['o, double-click', 'details: full image, top-k, label history'], ['?', 'this help']];
+  ['o, double-click', 'details: full image, top-k, label history'], ['?', 'this help'],
+  ['y', 'after a correction: relabel the similar images it offers too (Esc: no)']];
 const STATES = ['', 'untouched', 'confirmed', 'corrected'], MEMORY = 'review-last-batch';
 const S = {rows: [], by: {}, classes: [], order: [], focus: 0, sel: new Set(), anchor: null, undo: [],
   f: {pred: '', human: '', state: '', lo: 0, hi: 100}, sort: 'upload', dir: 1, pending: new Map(),
-  inflight: false, retry: null, delay: 500, cards: {}, batch: null};
+  inflight: false, retry: null, delay: 500, cards: {}, batch: null, touched: new Set(), offer: {seq: 0, shas: [], label: null, old: null}};
 const el = (tag, cls, text) => { const e = document.createElement(tag); if (cls) e.className = cls;
   if (text !== undefined && text !== null) e.textContent = String(text); return e; };
 const pct = c => (c === null || c === undefined) ? '' : Math.round(c * 100) + '%';
@@ -114,6 +117,7 @@ function load(text) {
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch (err) { data = null; }
   if (!data || !data.rows) { q('.rv-root').replaceChildren(el('p', 'rv-empty', 'Upload images to predict and review them here.')); return; }
+  dismissOffer(); S.touched = new Set();
   S.batch = data.batch_id; S.classes = data.classes || []; S.undo = []; S.sel.clear(); S.cards = {};
   if (data.batch_id) try { localStorage.setItem(MEMORY, JSON.stringify({batch_id: data.batch_id, threshold: data.threshold})); } catch (err) {}
   S.rows = data.rows.map((r, i) => ({...r, i, human: r.human_label ?? null, save: r.human_label ? 'saved' : '', note: ''}));
@@ -259,8 +263,8 @@ function targets() { return S.sel.size ? S.order.filter(r => S.sel.has(r.sha256)
 function toggle(sel) { const p = q(sel); p.hidden = !p.hidden; if (p.hidden) focusAt(S.focus); }
 
 function change(rows, labelOf) {
-  const step = [];
-  for (const r of rows) { const after = labelOf(r); if (after === r.human) continue; step.push({r, before: r.human}); r.human = after; queue(r); }
+  const step = []; dismissOffer();
+  for (const r of rows) { const after = labelOf(r); if (after === r.human) continue; step.push({r, before: r.human}); r.human = after; S.touched.add(r.sha256); queue(r); }
   if (step.length) S.undo.push(step);
   return step.length;
 }
@@ -269,11 +273,11 @@ function advance(rows) {
   const last = Math.max(...rows.map(r => S.order.indexOf(r)));
   refresh(); if (!bulk) focusAt(Math.min(last + 1, S.order.length - 1)); else focusAt(S.focus);
 }
-function setLabel(rows, name) { if (!rows.length) return; change(rows, () => name); advance(rows); }
+function setLabel(rows, name) { if (!rows.length) return; change(rows, () => name); advance(rows); if (rows.length === 1) offerAfter(rows[0], name); }
 function confirmRows(rows) { rows = rows.filter(r => r.pred !== null && r.pred !== undefined); if (!rows.length) return; change(rows, r => r.pred); advance(rows); }
 function confirmUntouched() { const rows = S.order.filter(r => r.human === null && r.pred !== null && r.pred !== undefined);
   if (rows.length) { change(rows, r => r.pred); S.sel.clear(); refresh(); focusAt(S.focus); } }
-function undoLast() { const step = S.undo.pop(); if (!step) return; for (const {r, before} of step) { r.human = before; queue(r); } refresh(); focusAt(S.focus); }
+function undoLast() { dismissOffer(); const step = S.undo.pop(); if (!step) return; for (const {r, before} of step) { r.human = before; queue(r); } refresh(); focusAt(S.focus); }
 
 function queue(r) { r.save = 'pending'; r.note = ''; S.pending.set(r.sha256, r); flush(); }
 async function flush() {
@@ -319,6 +323,7 @@ async function openDetail(r) {
 
 function onKey(e) {
   const t = e.target; if (t.closest('input, select, textarea, [contenteditable]')) return;
+  if (offerKey(e)) return;
   const k = e.key, n = S.order.length; let handled = true;
   if (k === 'ArrowRight' || k === 'ArrowLeft' || k === 'ArrowDown' || k === 'ArrowUp' || k === 'Home' || k === 'End') {
     const step = {ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns(), ArrowUp: -columns(), Home: -n, End: n}[k];
@@ -457,10 +462,10 @@ def server_functions(engine, writer, tokens: UserTokens, classes=lambda: []) -> 
             log.info("batch %s not restored: %s", str(body.get("batch_id"))[:40], exc)
             return ""
 
-    return [save_edits, label_detail, load_batch]
+    return [save_edits, label_detail, load_batch, review_offer.server_function(engine)]
 
 
 def review_grid(engine, writer, tokens: UserTokens, classes) -> gr.HTML:
     """The grid component (``elem_id`` ``review``), wired to its server functions."""
-    return gr.HTML(None, html_template=TEMPLATE, css_template=CSS, js_on_load=JS, elem_id="review",
+    return gr.HTML(None, html_template=TEMPLATE, css_template=CSS + review_offer.CSS, js_on_load=JS + review_offer.JS, elem_id="review",
                    server_functions=server_functions(engine, writer, tokens, classes), padding=False)
