@@ -12,6 +12,8 @@ MODES = ("head", "finetune", "scratch")
 # Defaults that differ by mode: (lr, batch_size, epochs).
 MODE_DEFAULTS = {"head": (3e-3, 256, 60), "finetune": (1e-4, 32, 3), "scratch": (2e-3, 64, 10)}
 SCRATCH_RESOLUTION = 64
+HEAD_RESOLUTION = 224
+"""head mode's default input size in pixels (chosen on validation data: ``python -m bench --only resolution``)."""
 """scratch mode's default input size in pixels (chosen on a validation split, see training/trainer.py)."""
 MIN_CROP_DEFAULTS = {"finetune": 0.5, "scratch": 1.0}
 """Default ``min_crop`` by mode: scratch sees flips only (random crops slowed its learning within its short
