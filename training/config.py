@@ -41,7 +41,7 @@ class TrainConfig:
     filters: int = field(default=32, metadata={"help": "scratch: filters in the first stage's convolution (doubles each stage)"})
     filter_size: int = field(default=3, metadata={"help": "scratch: convolution kernel size in pixels (odd)"})
     depth: int = field(default=4, metadata={"help": "scratch: number of conv → batch norm → ReLU → 2×2 max-pool stages (each halves the image)"})
-    resolution: int | None = field(default=None, metadata={"help": f"input size in pixels (default: the backbone's, {SCRATCH_RESOLUTION} for scratch)"})
+    resolution: int | None = field(default=None, metadata={"help": f"input size in pixels (default: head with the bundled backbone {HEAD_RESOLUTION}, chosen on validation data; scratch {SCRATCH_RESOLUTION}; otherwise the backbone's)"})
     backbone: str | None = field(default=None, metadata={"help": "head/finetune: Hub id or folder of a Hugging Face image model (default: bundled ImageNet MobileNetV2)"})
     max_seconds: float | None = field(default=None, metadata={"help": "stop training after this many seconds of wall time"})
 
