@@ -18,6 +18,7 @@ from classifier.live import LiveModel
 from classifier.predict import Predictor
 from classifier.registry import LocalRegistry
 from conftest import CLASS_STYLES, make_image
+from test_classifier_pipeline import assert_pipeline_agrees, probe_images
 
 CLASSES = sorted(CLASS_STYLES)
 
@@ -246,3 +247,5 @@ def test_a_version_records_its_input_choice_and_prediction_uses_it(resolution, s
     results, errors = predictor.predict_batch([img for _, img in fresh_images(1, seed=33000)])
     assert errors == [] and len(results) == len(CLASSES)
     assert shapes and {s[1:] for s in shapes} == {(3, expected, expected)}
+    # the saved processor reads images the same way at that size: a stock pipeline agrees (non-square images too)
+    assert_pipeline_agrees(folder, version, probe_images())

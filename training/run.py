@@ -52,8 +52,11 @@ def _backbone(name_or_path: str, resolution: int | None) -> FeatureModel:
 
 
 def _set_resolution(processor, resolution: int | None) -> None:
+    """Make ``processor`` resize to ``resolution`` pixels the way it did at its own size: shorter edge then centre
+    crop, or straight to a square. (transformers 5 holds ``size`` as a SizeDict, not a dict.)"""
     if resolution:
-        if isinstance(getattr(processor, "size", None), dict) and "shortest_edge" in processor.size:
+        size = getattr(processor, "size", None)
+        if (size.get("shortest_edge") if isinstance(size, dict) else getattr(size, "shortest_edge", None)):
             processor.size = {"shortest_edge": resolution}
         else:
             processor.size = {"height": resolution, "width": resolution}
