@@ -228,7 +228,7 @@ def input_shapes(predictor: Predictor) -> list[tuple]:
 @pytest.mark.parametrize("resolution", [None, 96])
 def test_a_version_records_its_input_choice_and_prediction_uses_it(resolution, settings, dataset_dir):
     """Head mode's input resolution (default: HEAD_RESOLUTION, chosen on validation data) and precision are in
-    version.json, params.json and the model card, and the loaded version computes features at that size."""
+    version.json and the model card, and the loaded version computes features at that size."""
     from training.config import HEAD_RESOLUTION, TrainConfig
     from training.data import load_samples
     from training.run import train_version
@@ -239,7 +239,7 @@ def test_a_version_records_its_input_choice_and_prediction_uses_it(resolution, s
     folder = settings.models_dir / version
     info = json.loads((folder / "version.json").read_text())
     assert (info["resolution"], info["precision"]) == (expected, "float32")
-    assert json.loads((folder / "params.json").read_text())["resolution"] == expected
+    assert json.loads((folder / "params.json").read_text())["resolution"] == resolution  # as asked; None = default
     assert f"Input: {expected} px, float32" in (folder / "README.md").read_text()
     predictor = LiveModel(registry, settings).require()
     assert predictor.runtime["resolution"] == expected and predictor.runtime["precision"] == "float32"

@@ -183,7 +183,7 @@ def train_version(samples: list[Sample], config: TrainConfig, settings: Settings
         metrics["data_health"] = health_for_run(samples, config, settings, registry)
         metrics.update(wall_time_s=round(time.monotonic() - started, 2), skipped=dict(skipped or {}, **metrics.get("skipped", {})))
         info.update(extra_info or {}, mode=config.mode, dataset=dataset_name, classes=metrics["labels"])
-        params = dict(config.to_dict(), resolution=info.get("resolution", config.resolution))
+        params = config.to_dict()
         write_run_files(staged, metrics, params)
         report(ProgressEvent(0.99, "registering the new version"))
         version = registry.register(staged, info, finalize=card_writer(info, metrics, params))
