@@ -32,6 +32,8 @@ Sections (run order; --only takes these names):
   scale       Ray Data bulk prediction vs in-process (parity on 1,000 images, overhead), resume of a killed
               5,000-image job, 2-rank torchrun DDP fine-tune vs 1 process (only with --scale or --only scale;
               needs requirements-scale.txt)
+  resolution  head mode's default input resolution: head versions at 224/192/160/128 px judged on validation
+              images of the train pool, and bfloat16 vs float32 there (only with --only resolution)
 """
 from __future__ import annotations
 
@@ -50,12 +52,12 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-ORDER = ("inference", "embedding", "accuracy", "retrain", "scratch", "app", "cold_start", "live", "audit", "levers", "best", "scale")
-OPTIONAL = ("levers", "best", "scale")
+ORDER = ("inference", "embedding", "accuracy", "retrain", "scratch", "app", "cold_start", "live", "audit", "levers", "best",
+         "scale", "resolution")
+OPTIONAL = ("levers", "best", "scale", "resolution")
 """Not run by default (they would not fit the default run's ten minutes): add --levers, or name with --only."""
 REPORT_ORDER = ("inference", "retrain", "embedding", "accuracy", "best", "scratch", "app", "cold_start", "live", "audit",
-                "levers",
-                "scale")
+                "levers", "scale", "resolution")
 BENCH_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
 
@@ -95,10 +97,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _modules():
-    from bench import accuracy, app_live, app_load, audit, best, inference, levers, retrain, scale_out, scratch
+    from bench import accuracy, app_live, app_load, audit, best, inference, levers, resolution, retrain, scale_out, scratch
     return {"audit": audit.run, "inference": inference.run_batch, "embedding": inference.run_first_embedding, "accuracy": accuracy.run,
             "retrain": retrain.run, "scratch": scratch.run, "app": app_load.run_load, "cold_start": app_load.run_cold_start,
-            "live": app_live.run, "levers": levers.run, "best": best.run, "scale": scale_out.run}
+            "live": app_live.run, "levers": levers.run, "best": best.run, "scale": scale_out.run,
+            "resolution": resolution.run}
 
 
 def _destination(args) -> tuple[Path, str | None]:

@@ -175,6 +175,7 @@ def _e2e(predictor, files):
 
 def run(bench) -> dict:
     from classifier.images import decode, read_input, to_array
+    from training.config import HEAD_RESOLUTION
     from training.data import load_folder
     settings, reps = bench.settings("levers"), max(2, bench.sizes.reps // 2)
     version = bench.head_version(settings)
@@ -217,11 +218,11 @@ def run(bench) -> dict:
     test = load_folder(bench.slices().lever_test).samples
     by_res, acc = {}, {}
     for res in RESOLUTIONS:
-        out = head_accuracy(bench, settings, train, test, None if res == 224 else res)
+        out = head_accuracy(bench, settings, train, test, res)
         by_res[f"{res} px"] = _predictors(out["version"], settings, p={})["p"]
         acc[f"{res} px"] = f"head test accuracy {out['accuracy']:.4f} (train {len(train)}, test {len(test)})"
     t = interleaved({k: _e2e(p, files) for k, p in by_res.items()}, reps, warmups={k: _e2e(p, few) for k, p in by_res.items()})
-    rows += _row("input resolution, end to end", t, "224 px", n, acc)
+    rows += _row("input resolution, end to end", t, f"{HEAD_RESOLUTION} px", n, acc)
     details["resolution"] = {k: v.to_dict() for k, v in t.items()}
     details["resolution_accuracy"] = acc
     head_rows, details["head_fit_threads"] = _head_fit_threads(bench, train, reps)

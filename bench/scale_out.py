@@ -40,7 +40,7 @@ def run(bench) -> dict:
 
     sizes = SIZES["quick" if bench.quick else "full"]
     settings = bench.settings("scale")
-    bench.head_version(settings)
+    resolution = bench.head_version(settings).info.get("resolution", "?")
     pool = _interleaved_files(bench.slices().retrain_base)
     parity_dir = _link_slice(bench.run_dir / "scale-images" / "parity", pool[:sizes["parity"]])
     resume_dir = _link_slice(bench.run_dir / "scale-images" / "resume", pool[:sizes["resume"]])
@@ -58,7 +58,7 @@ def run(bench) -> dict:
     ddp = _ddp(bench, pool[:sizes["ddp_train"]])
     figures = parity["figures"] + resume["figures"] + ddp["figures"]
     return {"name": "scale", "title": "Scale-out: Ray Data bulk prediction, resume, torchrun DDP",
-            "method": (f"Fashion-MNIST (150×150 JPEG) through the active head version (bundled MobileNetV2, 224 px). "
+            "method": (f"Fashion-MNIST (150×150 JPEG) through the active head version (bundled MobileNetV2, {resolution} px). "
                        f"Parity/overhead: the same {sizes['parity']} images with `--engine local` (in-process "
                        "Predictor.predict_batch, no cache) then `--engine ray` (local 2-CPU Ray cluster: decode in "
                        f"CPU tasks, 1 scoring actor). The cluster start ({cluster_start:.1f} s) is not counted; the target is judged "

@@ -176,9 +176,12 @@ class Bench:
 
     # --- prepared (untimed) features -------------------------------------------------------------
     def feature_model(self, resolution: int | None = None):
-        """The frozen backbone as the training code loads it (once per process)."""
-        from training.run import _backbone
-        return _backbone(str(self.backbone_dir()), resolution)
+        """The frozen backbone as the training code loads it (once per process), at ``resolution`` pixels or, by
+        default, at the resolution a head version trains at (``training.run.head_resolution``)."""
+        from training.config import TrainConfig
+        from training.run import _backbone, head_resolution
+        backbone = str(self.backbone_dir())
+        return _backbone(backbone, resolution or head_resolution(TrainConfig(), backbone))
 
     def _store(self, resolution: int | None = None):
         """The prepared-feature store for the backbone at ``resolution``: one cache object per run, so the

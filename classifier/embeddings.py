@@ -66,6 +66,12 @@ def inplace_activations(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+INFERENCE_GRAPH = "eager, BatchNorm folded into the convolutions, in-place ReLU6, channels_last"
+"""What runs the backbone. TorchScript and torch.compile were measured as levers (bench/levers.py) and are not
+used: TorchScript was slower here, and torch.compile needs a C++ compiler at run time and seconds of compiling
+per process and input shape."""
+
+
 class FeatureModel:
     """An image-classification model seen as features → head, with its input size and normalisation."""
 
@@ -81,6 +87,12 @@ class FeatureModel:
         # Inference runs on a copy with batch norm folded into the convolutions (same outputs, about 2×
         # faster on CPU, see bench/RESULTS.md); ``model`` itself stays as saved, for training and saving.
         self.base = inplace_activations(fold_batch_norms(copy.deepcopy(model.base_model).eval()))
+        self.precision = "float32"
+
+    def inference_choice(self) -> dict:
+        """How this model computes features, as a version records it and ``/status`` reports it: ``resolution``
+        (input side, pixels), ``precision`` and ``graph``."""
+        return {"resolution": self.resolution, "precision": self.precision, "graph": INFERENCE_GRAPH}
 
     @property
     def cache_key(self) -> str:

@@ -27,6 +27,13 @@ class Predictor:
         cache = EmbeddingCache(cache_root, feature_model.cache_key) if cache_root else None
         self.embedder = Embedder(feature_model, cache, max_pixels)
 
+    @property
+    def runtime(self) -> dict:
+        """How this process computes this version's features: ``resolution`` (pixels), ``precision``, ``graph``,
+        and ``torch_threads``, the CPU threads a forward pass may use."""
+        import torch
+        return dict(self.fm.inference_choice(), torch_threads=torch.get_num_threads())
+
     @classmethod
     def load(cls, folder: Path, version: str, cache_root: Path | None, max_pixels: int) -> "Predictor":
         """Load a version folder; ``version.json`` names the backbone its features come from."""

@@ -229,7 +229,8 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
                   "dataset": self.settings.dataset, "model_warning": self.live.warning,
                   "labelled_images": None, "store_error": self.store_error,
                   "hub_error": self.publisher.hub_error if self.publisher else None,
-                  "labels_not_pushed": self.journal.pending() if self.journal else None}
+                  "labels_not_pushed": self.journal.pending() if self.journal else None,
+                  "model_runtime": predictor.runtime if predictor else None}
         try:
             status["labelled_images"] = self.store().count_labels()
         except PlatformError as exc:

@@ -133,6 +133,7 @@ class TrainingMixin:
             push = pushes.get(v.version)
             rows.append({"version": v.version, "active": v.version == active, "created": v.info.get("created"),
                          "mode": v.info.get("mode"), "classes": v.info.get("classes", []),
+                         "resolution": v.info.get("resolution"), "precision": v.info.get("precision"),
                          "trained_by": v.info.get("trained_by"), "promotion": self.registry.promotion(v.version),
                          "metrics": {k: m.get(k) for k in ("accuracy", "macro_f1", "ece", "train_size", "val_size", "wall_time_s")},
                          "label_noise": (m.get("data_health") or {}).get("estimated_noise_rate"),

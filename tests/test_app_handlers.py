@@ -271,6 +271,8 @@ def test_models_table_and_version_details(handlers):
                                         "val accuracy (own split)", "val images", "macro-F1"]
     row = table.iloc[-1]
     assert row["version"] == "v1" and row["mode"] == "head" and row["classes"] == 3
+    runtime = handlers.engine.status()["model_runtime"]  # how the active version computes, as /status reports it
+    assert (runtime["resolution"], runtime["precision"]) == (handlers.engine.models()[-1]["resolution"], "float32")
     text, conf, f1, loss = handlers.version_details("v1")
     assert "| **v1** | — |" in text and "macro-F1" in text  # the active version itself: nothing to compare
     assert all(isinstance(fig, Figure) for fig in (conf, f1, loss))

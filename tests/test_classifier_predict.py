@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import struct
 import zlib
 
@@ -17,6 +18,7 @@ from classifier.live import LiveModel
 from classifier.predict import Predictor
 from classifier.registry import LocalRegistry
 from conftest import CLASS_STYLES, make_image
+from test_classifier_pipeline import assert_pipeline_agrees, probe_images
 
 CLASSES = sorted(CLASS_STYLES)
 
@@ -175,7 +177,8 @@ def test_cache_key_holds_backbone_id_and_resolution(head_version, tmp_path):
     images = [img for _, img in fresh_images(1, seed=32000)]
     folder = head_version.models_dir / "v1"
     base = load_v1(head_version, cache_root)
-    assert base.fm.backbone_id in base.fm.cache_key and "224" in base.fm.cache_key
+    res = base.fm.resolution
+    assert base.fm.backbone_id in base.fm.cache_key and f"{res}px" in base.fm.cache_key
     base.predict_batch(images)
 
     def predictor_with(backbone_id: str, resolution: int) -> Predictor:
@@ -183,9 +186,9 @@ def test_cache_key_holds_backbone_id_and_resolution(head_version, tmp_path):
         processor.crop_size = {"height": resolution, "width": resolution}
         return Predictor("v1", FeatureModel(model, processor, backbone_id), cache_root, 10**8)
 
-    same = predictor_with(base.fm.backbone_id, 224)
-    other_resolution = predictor_with(base.fm.backbone_id, 160)
-    other_backbone = predictor_with("another-backbone", 224)
+    same = predictor_with(base.fm.backbone_id, res)
+    other_resolution = predictor_with(base.fm.backbone_id, res + 32)
+    other_backbone = predictor_with("another-backbone", res)
     counts = {}
     for name, p in (("same", same), ("resolution", other_resolution), ("backbone", other_backbone)):
         calls = count_feature_calls(p)
@@ -208,3 +211,41 @@ def test_live_model_serves_the_active_version(head_version):
     predictor = live.require()
     assert predictor.version == "v1" and predictor.labels == CLASSES
     assert live.current() is predictor and live.warning is None
+
+
+def input_shapes(predictor: Predictor) -> list[tuple]:
+    """Wrap the predictor's FeatureModel.features: the list grows by each batch's pixel shape."""
+    shapes: list[tuple] = []
+    original = predictor.fm.features
+
+    def recording(pixel_values):
+        shapes.append(tuple(pixel_values.shape))
+        return original(pixel_values)
+    predictor.fm.features = recording
+    return shapes
+
+
+@pytest.mark.parametrize("resolution", [None, 96])
+def test_a_version_records_its_input_choice_and_prediction_uses_it(resolution, settings, dataset_dir):
+    """Head mode's input resolution (default: HEAD_RESOLUTION, chosen on validation data) and precision are in
+    version.json and the model card, and the loaded version computes features at that size."""
+    from training.config import HEAD_RESOLUTION, TrainConfig
+    from training.data import load_samples
+    from training.run import train_version
+    registry = LocalRegistry(settings.models_dir)
+    version = train_version(load_samples(dataset_dir).samples, TrainConfig(mode="head", resolution=resolution),
+                            settings, registry)["version"]
+    expected = resolution or HEAD_RESOLUTION
+    folder = settings.models_dir / version
+    info = json.loads((folder / "version.json").read_text())
+    assert (info["resolution"], info["precision"]) == (expected, "float32")
+    assert json.loads((folder / "params.json").read_text())["resolution"] == resolution  # as asked; None = default
+    assert f"Input: {expected} px, float32" in (folder / "README.md").read_text()
+    predictor = LiveModel(registry, settings).require()
+    assert predictor.runtime["resolution"] == expected and predictor.runtime["precision"] == "float32"
+    shapes = input_shapes(predictor)
+    results, errors = predictor.predict_batch([img for _, img in fresh_images(1, seed=33000)])
+    assert errors == [] and len(results) == len(CLASSES)
+    assert shapes and {s[1:] for s in shapes} == {(3, expected, expected)}
+    # the saved processor reads images the same way at that size: a stock pipeline agrees (non-square images too)
+    assert_pipeline_agrees(folder, version, probe_images())

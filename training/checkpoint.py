@@ -31,6 +31,7 @@ def model_card(version: str, info: dict, metrics: dict, params: dict) -> str:
         f"Trained in **{info.get('mode')}** mode on {metrics.get('train_size', '?')} images "
         f"(validated on {metrics.get('val_size', '?')}, {metrics.get('evaluated_on', 'validation')} split) "
         f"in {metrics.get('wall_time_s', '?')} s. Backbone: `{info.get('backbone')}`.", "",
+        f"Input: {info.get('resolution', '?')} px, {info.get('precision', 'float32')} ({info.get('graph', 'eager')}).", "",
         "| metric | value |", "|---|---|",
         f"| accuracy | {acc} |", f"| macro F1 | {f1} |", f"| expected calibration error | {metrics.get('ece')} |", "",
         "## Classes", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|",

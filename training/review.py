@@ -40,11 +40,14 @@ def gather(base: list[Sample], human: list[Sample], decisions: dict[str, str]) -
 
 
 def embedder_for(settings):
-    """An Embedder on the base backbone (bundled or ``BACKBONE``) through the platform's embedding cache."""
+    """An Embedder on the base backbone (bundled or ``BACKBONE``) through the platform's embedding cache, at the
+    resolution head versions use, so an image a head version predicted is not embedded a second time."""
     from classifier.backbone import resolve_backbone
     from classifier.embeddings import Embedder, EmbeddingCache
-    from training.run import _backbone
-    fm = _backbone(resolve_backbone(settings.backbone, settings.backbones_dir), None)
+    from training.config import TrainConfig
+    from training.run import _backbone, head_resolution
+    backbone = resolve_backbone(settings.backbone, settings.backbones_dir)
+    fm = _backbone(backbone, head_resolution(TrainConfig(), backbone))
     return Embedder(fm, EmbeddingCache(settings.embeddings_dir, fm.cache_key), settings.max_image_pixels)
 
 

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from classifier.backbone import load_model_and_processor, resolve_backbone
+from classifier.backbone import DEFAULT_BACKBONE, load_model_and_processor, resolve_backbone
 from classifier.embeddings import Embedder, EmbeddingCache, FeatureModel
 from classifier.images import ImageInput, decode
 from classifier.priority import PREDICTIONS
@@ -22,7 +22,7 @@ from classifier.registry import LocalRegistry
 from settings import PlatformError, Settings
 from training import distributed, trainer
 from training.checkpoint import card_writer, write_run_files
-from training.config import TrainConfig
+from training.config import HEAD_RESOLUTION, TrainConfig
 from training.data import Sample
 from training.evaluation import split
 from training.head import final_linear, train_linear_head
@@ -52,8 +52,11 @@ def _backbone(name_or_path: str, resolution: int | None) -> FeatureModel:
 
 
 def _set_resolution(processor, resolution: int | None) -> None:
+    """Make ``processor`` resize to ``resolution`` pixels the way it did at its own size: shorter edge then centre
+    crop, or straight to a square. (transformers 5 holds ``size`` as a SizeDict, not a dict.)"""
     if resolution:
-        if isinstance(getattr(processor, "size", None), dict) and "shortest_edge" in processor.size:
+        size = getattr(processor, "size", None)
+        if (size.get("shortest_edge") if isinstance(size, dict) else getattr(size, "shortest_edge", None)):
             processor.size = {"shortest_edge": resolution}
         else:
             processor.size = {"height": resolution, "width": resolution}
@@ -247,9 +250,19 @@ def _fit_head(feats, train, index, labels, config, report, should_stop):
                              max_seconds=config.max_seconds)
 
 
+def head_resolution(config: TrainConfig, backbone: str) -> int | None:
+    """Input size in pixels a head version is trained and served at: the config's; else, for the bundled
+    backbone, ``HEAD_RESOLUTION`` (chosen on validation data, see training/config.py); else None (the
+    backbone's own, as its processor says: other backbones were not measured, and some need their own)."""
+    if config.resolution:
+        return config.resolution
+    return HEAD_RESOLUTION if Path(backbone).name == DEFAULT_BACKBONE else None
+
+
 def _train_head(samples, config, settings, staged, report, should_stop):
     backbone = resolve_backbone(config.backbone or settings.backbone, settings.backbones_dir)
-    fm = _backbone(backbone, config.resolution)
+    resolution = head_resolution(config, backbone)
+    fm = _backbone(backbone, resolution)
     feats, parts, labels, index, skipped = _embedded_split(samples, config, settings, report, fm, should_stop)
     weight, bias, curve = _fit_head(feats, parts.train, index, labels, config, part_of(report, 0.5, 0.45), should_stop)
     stop_if_asked(should_stop)
@@ -259,8 +272,9 @@ def _train_head(samples, config, settings, staged, report, should_stop):
     metrics = _evaluate(head_fm, feats, parts, index, labels)
     metrics.update(loss_curve=curve, skipped=skipped)
     model.save_pretrained(staged)
-    _processor_for(backbone, config.resolution).save_pretrained(staged)
-    return {"backbone": config.backbone or settings.backbone or "bundled", "backbone_id": fm.backbone_id}, metrics
+    _processor_for(backbone, resolution).save_pretrained(staged)
+    return {"backbone": config.backbone or settings.backbone or "bundled", "backbone_id": fm.backbone_id,
+            **fm.inference_choice()}, metrics
 
 
 def _processor_for(backbone: str, resolution: int | None):
@@ -328,7 +342,7 @@ def _save_and_evaluate(model, processor, staged, parts, labels, index, settings,
     metrics.update(loss_curve=curve, skipped=skipped, train_size=len(parts.train))
     if distributed.world_size() > 1:  # every rank's trained weights, compared across ranks (DDP keeps them equal)
         info = dict(info, weights_digest=weights_digest(model))
-    return dict(info, backbone_id=fm.backbone_id), metrics
+    return dict(info, backbone_id=fm.backbone_id, **fm.inference_choice()), metrics
 
 
 _MODES = {"head": _train_head, "finetune": _train_finetune, "scratch": _train_scratch}
