@@ -56,8 +56,8 @@ FEW_LABELS_PER_CLASS = 4
 """Below this many labels per class (on average) the head of the queue is typical images of clusters that no
 label covers yet (see :func:`uncovered_typical`), the rest most likely wrong first. Labels saved on the validation
 pool (1,000 images, 1,000 held out, seeds 1000–1009, labels added 10 at a time): held-out accuracy at 90 labels
-0.7574 with wrongness alone, 0.7681 with this switch at 4 (0.7549 with it kept up to 130 labels, 0.7068 against
-0.6968 at 40); random order reached 0.7550 with 130 labels."""
+0.7574 with wrongness alone; with this switch at 3 / 4 / 6 and the head spread after it, 0.7697 / 0.7699 /
+0.7583 (at 4 without the spread 0.7681; kept up to 130 labels 0.7549); random order reached 0.7550 with 130."""
 TYPICALITY_NEIGHBOURS = 20
 """k of an image's typicality: its mean cosine similarity to its k nearest other new images."""
 STEPS = 60
