@@ -5,9 +5,12 @@ Images come from parts of the Fashion-MNIST training split that no other section
 (34,000–35,999); their features are prepared once (untimed) like the other sections'. Flips move a label
 to a uniformly random other class. Review effort: a head version (``train_linear_head``, head defaults)
 trained on 1,000 clean images predicts 128 others. Labels saved: a pool of 2,000 and 2,000 held-out images
-(disjoint halves of a permutation of the test pool), starting from one label per class. Settings
+(disjoint halves of a permutation of the test pool), starting from one label per class; each round labels
+the first 10 of ``review_order``, whose head is typical images of clusters no label covers while there are
+fewer than 4 labels per class, then the most doubtful images, one of each run of near repeats. Settings
 of :mod:`training.audit` (kNN weight, ridge, own-class factor of the confident joint, margin weight,
-duplicate threshold) were chosen on the validation pool with seeds ≥ 1000; the figures below use the test
+duplicate threshold, the few-labels switch and the head's repeat similarity) were chosen on the validation
+pool with seeds ≥ 1000 (labels saved: a pool of 1,000 and 1,000 held out); the figures below use the test
 pool and seeds 0…N−1 only.
 """
 from __future__ import annotations

@@ -44,6 +44,22 @@ def test_review_order_puts_outliers_and_doubtful_predictions_first_and_cold_star
     assert len(first_four) >= 3  # typical examples of different clusters first
 
 
+def test_the_head_of_the_review_queue_shows_one_of_a_run_of_near_repeats():
+    everything, labels = clustered(per_class=70)
+    is_new = np.arange(len(labels)) % 70 >= 60  # 10 new images per class
+    x, y, new = everything[~is_new], labels[~is_new], everything[is_new].copy()
+    rng = np.random.default_rng(1)
+    repeats = np.arange(10, 20)  # class 1's new images become near copies of one
+    new[repeats] = new[10] * rng.uniform(0.98, 1.02, (10, new.shape[1]))
+    probs = np.tile(np.array([0.97, 0.01, 0.01, 0.01], np.float32), (len(new), 1))
+    probs[repeats] = [0.40, 0.38, 0.11, 0.11]  # the most doubtful predictions are all the same image
+    probs[[0, 25, 35]] = [0.60, 0.30, 0.05, 0.05]  # less doubtful, each different
+    order, wrongness, _ = audit.review_order(probs, new, x, y, 4)
+    assert sorted(order) == list(range(len(new)))
+    assert np.isin(order[:10], repeats).sum() == 1 and set(order[1:4]) == {0, 25, 35}
+    assert set(order[10:19]) | {order[0]} == set(repeats)  # the passed-over repeats come right after the head
+
+
 def test_every_version_carries_a_data_health_card_with_the_change_since_the_previous(settings, dataset_dir):
     from classifier.registry import LocalRegistry
     from training.config import TrainConfig
