@@ -71,6 +71,11 @@ def test_actor_plans_that_leave_no_cpu_for_reading_are_refused():
     assert fractional.read_cpus == 1.0
     gpu = plan_resources(total_cpus=8, total_gpus=2)
     assert (gpu.actors, gpu.actor_gpus) == (2, 1.0)
+    # CPU clusters decode in the actors by default, GPU clusters in CPU tasks; actors never decode beside a GPU
+    assert plan.decode_in_actors and not gpu.decode_in_actors
+    assert not plan_resources(total_cpus=2, total_gpus=0, decode="tasks").decode_in_actors
+    with pytest.raises(PlatformError, match="CPU clusters"):
+        plan_resources(total_cpus=8, total_gpus=2, decode="actors")
 
 
 def _copy_version(head_version, tmp_path):
