@@ -113,7 +113,7 @@ def _parity(bench, settings, images: Path) -> dict:
         Figure("overhead: ray with decode in CPU tasks (the GPU layout), once its actor is up", "img/s",
                in_tasks["images_per_s_after_ready"], local["images_per_s"], "in-process engine", higher_is_better=True,
                distance=f"{in_tasks['images_per_s_after_ready'] / local['images_per_s']:.2f}×",
-               note="`--decode tasks`: every image crosses the object store as float32 pixels"),
+               note="`--decode tasks`: every image crosses the object store as a uint8 crop"),
     ]
     return {"figures": figures, "details": {"local": local, "ray": remote, "ray_decode_in_tasks": in_tasks,
                                             "agreement": agreement,

@@ -4,8 +4,9 @@ Two layouts, one set of rows. On CPU clusters each actor reads, decodes and scor
 in-process engine does (:class:`classifier.embeddings.Embedder`: decode threads overlapping the forward pass),
 and Ray Data only hands out the paths: a separate decode stage would make every image cross the object store
 and split each node's cores between processes. On GPU clusters read/decode CPU tasks run the project's own
-:func:`classifier.score.prepare_pixels` while the GPU actors score with
-:func:`classifier.score.scores_from_pixels`. Never ``ray.data.read_images(size=…)``: its bilinear resize
+decode and resize (:func:`classifier.score.crop_pixels`: uint8, a quarter of float32's bytes through the object
+store) while the GPU actors normalise and score (:func:`classifier.score.normalise_crops`,
+:func:`classifier.score.scores_from_pixels`). Never ``ray.data.read_images(size=…)``: its bilinear resize
 changes labels. Ray is imported only here.
 """
 from __future__ import annotations
@@ -111,11 +112,12 @@ def connect(address: str | None, temp_dir: Path | None = None):
 
 
 def prepare_batch(batch: dict, source, spec: PixelSpec, max_pixels: int) -> dict:
-    """Read task: bytes → sha256 → project decode + resize. Unreadable rows keep zero pixels and an ``error``."""
-    from classifier.score import prepare_pixels
+    """Read task: bytes → sha256 → project decode + resize to uint8 crops (the actor normalises them: a quarter
+    of float32's bytes through the object store). Unreadable rows keep zero pixels and an ``error``."""
+    from classifier.score import crop_pixels
 
     keys = [str(k) for k in batch["path"]]
-    pixels = np.zeros((len(keys), 3, spec.resolution, spec.resolution), dtype=np.float32)
+    pixels = np.zeros((len(keys), spec.resolution, spec.resolution, 3), dtype=np.uint8)
     shas, errors = [""] * len(keys), [""] * len(keys)
     for i, (key, data) in enumerate(zip(keys, source.read(keys))):
         if isinstance(data, str):
@@ -124,7 +126,7 @@ def prepare_batch(batch: dict, source, spec: PixelSpec, max_pixels: int) -> dict
         image = ImageInput.from_bytes(data, key)
         shas[i] = image.sha256
         try:
-            pixels[i] = prepare_pixels(image, spec, max_pixels)
+            pixels[i] = crop_pixels(image, spec, max_pixels)
         except PlatformError as exc:
             errors[i] = str(exc)
     return {"path": np.array(keys, dtype=object), "sha256": np.array(shas, dtype=object),
@@ -151,12 +153,13 @@ class ScoreActor:
         self.ready_at = time.time()  # wall clock: when this actor could score (its start is a fixed cost per job)
 
     def __call__(self, batch: dict) -> dict:
-        from classifier.score import scores_from_pixels
+        from classifier.score import PixelSpec, normalise_crops, scores_from_pixels
 
         if self.source is not None:
             return self._decode_and_score(batch)
         ok = np.array([not e for e in batch["error"]], dtype=bool)
-        scores = scores_from_pixels(self.predictor.fm, batch["pixels"][ok]) if ok.any() else None
+        fm = self.predictor.fm
+        scores = scores_from_pixels(fm, normalise_crops(batch["pixels"][ok], PixelSpec.of(fm))) if ok.any() else None
         return self._rows(batch["path"], batch["sha256"], batch["error"], ok, scores)
 
     def _decode_and_score(self, batch: dict) -> dict:
