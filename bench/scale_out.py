@@ -121,10 +121,9 @@ def _parity(bench, settings, images: Path) -> dict:
 
 
 def _resume(bench, settings, images: Path) -> dict:
-    import pyarrow.parquet as pq
     import ray
 
-    from scale.output import PartWriter
+    from scale.output import part_files
     out = bench.fresh_dir("scale-resume") / "out.parquet"
     total = len(list(images.rglob("*.jpg")))
     env = dict(os.environ, DATA_DIR=str(settings.data_dir), PYTHONPATH=str(ROOT))
@@ -134,8 +133,9 @@ def _resume(bench, settings, images: Path) -> dict:
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
         last_parts, last_change = 0, time.monotonic()
-        while proc.poll() is None and (not out.exists() or 250 * len(PartWriter(out).parts()) < total // 2):
-            parts = len(PartWriter(out).parts()) if out.exists() else 0
+        # Only list the parts while the job runs: opening a PartWriter would delete the part it is writing.
+        while proc.poll() is None and 250 * len(part_files(out)) < total // 2:
+            parts = len(part_files(out))
             if parts != last_parts:
                 last_parts, last_change = parts, time.monotonic()
             elif time.monotonic() - last_change > NO_PROGRESS_S:
@@ -143,14 +143,18 @@ def _resume(bench, settings, images: Path) -> dict:
                 raise RuntimeError(f"the first run made no progress for {NO_PROGRESS_S} s; its log ends: "
                                    f"{log_path.read_text(errors='replace')[-1500:]}")
             time.sleep(0.2)
-    killed_at = len(PartWriter(out).done_paths()) if out.exists() else 0
+    first_exit = proc.poll()  # None: still running, as it should be when it is killed
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    if first_exit is not None:
+        raise RuntimeError(f"the first run ended by itself ({first_exit}) before half its rows; its log ends: "
+                           f"{log_path.read_text(errors='replace')[-1500:]}")
+    killed_at = len(set(_written_paths(out)))
     rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     if rerun.returncode not in (0, 1):
         raise RuntimeError(f"the rerun failed ({rerun.returncode}): {rerun.stderr[-1500:]}")
     summary = json.loads(rerun.stdout.splitlines()[-1]) if rerun.returncode in (0, 1) else {}
-    paths = [p for part in PartWriter(out).parts() for p in pq.read_table(part, columns=["path"]).column("path").to_pylist()]
+    paths = _written_paths(out)
     exactly_once = len(paths) == len(set(paths)) == total
     figures = [Figure(f"resume: {total}-image ray job killed at {killed_at} rows, rerun", "inputs missing or doubled",
                       float(total - len(set(paths)) + len(paths) - len(set(paths))), target="0 (every input exactly once)",
@@ -158,6 +162,14 @@ def _resume(bench, settings, images: Path) -> dict:
                       note=f"rerun skipped {summary.get('skipped')} and scored {summary.get('scored')}")]
     return {"figures": figures, "details": {"images": total, "rows_at_kill": killed_at, "rerun": summary,
                                             "rows_on_disk": len(paths), "distinct_paths": len(set(paths))}}
+
+
+def _written_paths(out: Path) -> list[str]:
+    """Every path in every part of ``out``, repeats included."""
+    import pyarrow.parquet as pq
+
+    from scale.output import part_files
+    return [p for part in part_files(out) for p in pq.read_table(part, columns=["path"]).column("path").to_pylist()]
 
 
 def _ddp(bench, files) -> dict:

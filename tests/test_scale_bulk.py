@@ -51,6 +51,8 @@ def test_parts_are_atomic_and_a_path_counts_once(tmp_path):
     writer.write([{"path": "a", "sha256": "1", "label": "x", "confidence": 0.9, "top_k": [{"label": "x", "score": 0.9}],
                    "model_version": "v1"}])
     (writer.folder / "part-000001.tmp").write_bytes(b"half a part, killed mid-write")
+    # reading the output (as a monitor does while a job runs) leaves the part being written alone
+    assert len(read_output(writer.folder)) == 1 and (writer.folder / "part-000001.tmp").exists()
     writer.write([{"path": "a", "sha256": "1", "label": "y", "confidence": 0.5, "top_k": [], "model_version": "v1"},
                   {"path": "b", "error": "b: not a readable image"}])
     again = PartWriter(writer.folder)
