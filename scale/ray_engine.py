@@ -229,7 +229,10 @@ def stream_scores(keys: list[str], source, folder: Path, version: str, spec: Pix
                                       scheduling_strategy="SPREAD",
                                       fn_kwargs={"source": source, "spec": spec, "max_pixels": max_pixels})
     dataset = dataset.map_batches(
-        ScoreActor, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.actors),
+        # One call at a time per actor, on the actor's main thread: Ray Data's default hands each call to a helper
+        # thread, where the same decode + forward ran at about half the rate it reaches on the main thread.
+        ScoreActor, batch_size=batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=plan.actors, enable_true_multi_threading=True),
         num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None, scheduling_strategy="DEFAULT",
         fn_constructor_kwargs=actor_kwargs)
     yield from dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
