@@ -46,6 +46,9 @@ class BulkJob:
     actors: int | None = None
     actor_cpus: float | None = None
     read_cpus: float | None = None
+    decode: str = "auto"
+    """Where ``ray`` decodes: ``actors`` (the scoring actors, as in-process), ``tasks`` (Ray CPU tasks feeding
+    the actors), ``auto``: actors on CPU clusters, tasks where the cluster has GPUs."""
     fill_cache: bool = False
     record: bool = False
     ray_temp_dir: Path | None = None
@@ -54,6 +57,8 @@ class BulkJob:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise PlatformError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.decode not in ("auto", "actors", "tasks"):
+            raise PlatformError(f"--decode must be auto, actors or tasks, got {self.decode!r}")
         if self.batch_size < 1 or self.part_rows < 1 or self.top_k < 1:
             raise PlatformError("--batch-size, --part-rows and --top-k must be at least 1")
 
@@ -113,7 +118,7 @@ def _engine_rows(job, source, todo, folder, predictor, settings):
     ray = ray_engine.connect(job.address or settings_ray_address(), job.ray_temp_dir)
     resources = ray.cluster_resources()
     plan = ray_engine.plan_resources(resources.get("CPU", 0), resources.get("GPU", 0), job.actors, job.actor_cpus,
-                                     job.read_cpus)
+                                     job.read_cpus, job.decode)
     log.info("Ray plan: %s", plan)
     started = time.monotonic()  # after the cluster is up: actor start and model load count as scoring time
     batches = ray_engine.stream_scores(todo, source, folder, predictor.version, PixelSpec.of(predictor.fm),

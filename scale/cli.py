@@ -17,6 +17,9 @@ def add_bulk_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--actor-cpus", type=float, help="CPUs reserved per actor (default 1; fractions allowed)")
     group.add_argument("--read-cpus", type=float, help="CPUs for read/decode tasks (default: all the actors leave; "
                        "at least 1)")
+    group.add_argument("--decode", choices=("auto", "actors", "tasks"), default="auto",
+                       help="ray: decode in the scoring actors (default on CPU clusters) or in CPU tasks feeding "
+                       "them (default where the cluster has GPUs)")
     group.add_argument("--batch-size", type=int, default=64, help="images per scoring batch (default 64)")
     group.add_argument("--part-rows", type=int, default=1000, help="rows per output part file (default 1000)")
     group.add_argument("--fill-cache", action="store_true", help="also store every embedding in the embedding "
@@ -36,6 +39,7 @@ def bulk_main(args: argparse.Namespace, settings: Settings) -> int:
     job = BulkJob(source=args.paths[0], out=Path(args.out), engine=args.engine, version=args.version,
                   top_k=max(1, args.top_k), batch_size=args.batch_size, part_rows=args.part_rows,
                   address=args.address, actors=args.actors, actor_cpus=args.actor_cpus, read_cpus=args.read_cpus,
+                  decode=args.decode,
                   fill_cache=args.fill_cache, record=args.record, progress=not args.no_progress)
     summary = run_bulk(job, settings)
     print(json.dumps(summary))

@@ -25,6 +25,13 @@ SCHEMA = pa.schema([
 _PART = re.compile(r"^part-(\d{6})\.parquet$")
 
 
+def part_files(folder: Path) -> list[Path]:
+    """The whole parts in an output folder, in order. Reads only: safe while a job is writing there (opening a
+    :class:`PartWriter` is not, as it deletes the writer's unfinished ``.tmp`` part)."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if _PART.match(p.name)) if folder.is_dir() else []
+
+
 class PartWriter:
     """Appends numbered parts to an output folder and knows which paths it already holds."""
 
@@ -40,7 +47,7 @@ class PartWriter:
         self.next_number = max(numbers, default=-1) + 1
 
     def parts(self) -> list[Path]:
-        return sorted(p for p in self.folder.iterdir() if _PART.match(p.name))
+        return part_files(self.folder)
 
     def done_paths(self) -> set[str]:
         """Paths already in the output (errors included: a rerun does not retry an unreadable file)."""
@@ -67,7 +74,7 @@ class PartWriter:
 
 def read_output(folder: Path) -> pa.Table:
     """The whole output as one table, one row per path (a path written twice keeps its first row)."""
-    parts = PartWriter(folder).parts()
+    parts = part_files(folder)
     if not parts:
         return SCHEMA.empty_table()
     table = pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in parts])

@@ -12,6 +12,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -50,6 +51,8 @@ def test_parts_are_atomic_and_a_path_counts_once(tmp_path):
     writer.write([{"path": "a", "sha256": "1", "label": "x", "confidence": 0.9, "top_k": [{"label": "x", "score": 0.9}],
                    "model_version": "v1"}])
     (writer.folder / "part-000001.tmp").write_bytes(b"half a part, killed mid-write")
+    # reading the output (as a monitor does while a job runs) leaves the part being written alone
+    assert len(read_output(writer.folder)) == 1 and (writer.folder / "part-000001.tmp").exists()
     writer.write([{"path": "a", "sha256": "1", "label": "y", "confidence": 0.5, "top_k": [], "model_version": "v1"},
                   {"path": "b", "error": "b: not a readable image"}])
     again = PartWriter(writer.folder)
@@ -71,6 +74,11 @@ def test_actor_plans_that_leave_no_cpu_for_reading_are_refused():
     assert fractional.read_cpus == 1.0
     gpu = plan_resources(total_cpus=8, total_gpus=2)
     assert (gpu.actors, gpu.actor_gpus) == (2, 1.0)
+    # CPU clusters decode in the actors by default, GPU clusters in CPU tasks; actors never decode beside a GPU
+    assert plan.decode_in_actors and not gpu.decode_in_actors
+    assert not plan_resources(total_cpus=2, total_gpus=0, decode="tasks").decode_in_actors
+    with pytest.raises(PlatformError, match="CPU clusters"):
+        plan_resources(total_cpus=8, total_gpus=2, decode="actors")
 
 
 def _copy_version(head_version, tmp_path):
@@ -142,6 +150,18 @@ def test_score_batch_is_what_predict_batch_serves(head_version, dataset_dir):
     assert [r["file"] for r in failed] == ["junk.jpg"]
     for row, ours in zip(served, top_k_rows(scores, 3)):
         assert row["label"] == ours["label"] and abs(row["confidence"] - ours["confidence"]) <= 1e-5
+
+
+def test_uint8_crops_normalise_to_the_in_process_pixels_bit_for_bit(dataset_dir):
+    """The read tasks ship uint8 crops and the actors normalise them: the pixels must equal prepare_pixels'."""
+    from classifier.images import ImageInput
+    from classifier.score import PixelSpec, crop_pixels, normalise_crops, prepare_pixels
+
+    spec = PixelSpec(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    images = [ImageInput.from_bytes(p.read_bytes(), p.name) for p in sorted(dataset_dir.rglob("*.jpg"))[:4]]
+    crops = np.stack([crop_pixels(i, spec, 10**8) for i in images])
+    assert crops.dtype == np.uint8 and crops.shape == (4, 224, 224, 3)
+    assert np.array_equal(normalise_crops(crops, spec), np.stack([prepare_pixels(i, spec, 10**8) for i in images]))
 
 
 def test_cli_asks_for_an_output_folder_before_starting_ray(dataset_dir, tmp_path, monkeypatch, capsys):

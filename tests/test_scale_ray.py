@@ -77,6 +77,19 @@ def test_ray_engine_writes_the_rows_the_local_engine_writes(ray_cluster, job_set
         assert np.allclose(vec, fresh[sha], atol=1e-5)
 
 
+def test_ray_engine_decoding_in_tasks_writes_the_same_rows(ray_cluster, job_settings, dataset_dir, tmp_path):
+    """The GPU layout (read/decode CPU tasks feeding the actors), run on CPU: the same rows as in-process."""
+    local = run_bulk(BulkJob(str(dataset_dir), tmp_path / "local.parquet", progress=False), job_settings)
+    remote = run_bulk(BulkJob(str(dataset_dir), tmp_path / "ray.parquet", engine="ray", decode="tasks", batch_size=8,
+                              progress=False), job_settings)
+    assert local["scored"] == remote["scored"] == 30 and remote["errors"] == 0
+    a, b = _rows(tmp_path / "local.parquet"), _rows(tmp_path / "ray.parquet")
+    assert a.keys() == b.keys()
+    for path, row in a.items():
+        assert (b[path]["label"], b[path]["sha256"]) == (row["label"], row["sha256"])
+        assert np.allclose([t["score"] for t in b[path]["top_k"]], [t["score"] for t in row["top_k"]], atol=1e-5)
+
+
 def test_ray_rerun_scores_only_what_the_output_lacks(ray_cluster, job_settings, dataset_dir, tmp_path):
     out = tmp_path / "ray.parquet"
     first = run_bulk(BulkJob(str(dataset_dir), out, engine="ray", batch_size=8, part_rows=8, progress=False), job_settings)
