@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.report import write_results
     from bench.workspace import FULL, QUICK, Bench
 
-    default = [n for n in ORDER if n not in OPTIONAL or getattr(args, n)]
+    default = [n for n in ORDER if n not in OPTIONAL or getattr(args, n, False)]  # resolution: --only
     names = [n for n in ORDER if n in (args.only or default)]
     out, stem = _destination(args)
     bench = Bench(QUICK if args.quick else FULL, args.quick, args.data)
