@@ -203,6 +203,10 @@ def test_keyboard_review_loses_and_invents_nothing(fashion, launch_app, artifact
         # a failed save shows on its card, and is retried until it lands
         flaky = next_untouched(page)
         page.route("**/component_server/**", lambda route: route.abort())
+        # the route is live before the key is pressed: a probe to the same endpoint must fail first
+        page.wait_for_function("""() => fetch(location.origin + location.pathname.replace(/\\/$/, '') +
+            '/gradio_api/component_server/', {method: 'POST', body: '{}'}).then(() => false, () => true)""",
+                               timeout=TIMEOUT_MS, polling=100)
         page.keyboard.press(legend["Sandal"])
         expected[flaky] = "Sandal"
         card = page.locator(f'#review .rv-card[data-sha256="{flaky}"]')
