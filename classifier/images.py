@@ -115,9 +115,15 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
 
 def to_array(img: Image.Image, size: int, mean, std) -> np.ndarray:
     """Pixels as a normalised float32 array of shape (3, size, size)."""
-    arr = np.asarray(resize_center_crop(img, size), dtype=np.float32) * (1.0 / 255.0)
+    return normalise_pixels(np.asarray(resize_center_crop(img, size)), mean, std)
+
+
+def normalise_pixels(pixels: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 RGB pixels (..., size, size, 3) → normalised float32, channels first (..., 3, size, size): the
+    one place the model's input arithmetic lives (one image, or a batch of crops)."""
+    arr = np.asarray(pixels, dtype=np.float32) * (1.0 / 255.0)
     arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    return np.ascontiguousarray(np.moveaxis(arr, -1, -3))
 
 
 def list_image_files(folder: Path) -> list[Path]:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from classifier.embeddings import FeatureModel
-from classifier.images import ImageInput, decode, resize_center_crop, to_array
+from classifier.images import ImageInput, decode, normalise_pixels, resize_center_crop, to_array
 from settings import PlatformError
 
 
@@ -63,9 +63,7 @@ def crop_pixels(image: ImageInput, spec: PixelSpec, max_pixels: int) -> np.ndarr
 def normalise_crops(crops: np.ndarray, spec: PixelSpec) -> np.ndarray:
     """uint8 crops (n, resolution, resolution, 3) → float32 (n, 3, resolution, resolution), with exactly the
     arithmetic of :func:`classifier.images.to_array`, so the pixels equal :func:`prepare_pixels`'s bit for bit."""
-    arr = np.asarray(crops, dtype=np.float32) * (1.0 / 255.0)
-    arr = (arr - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
-    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+    return normalise_pixels(crops, spec.mean, spec.std)
 
 
 def scores_from_embeddings(fm: FeatureModel, embeddings: np.ndarray) -> Scores:
