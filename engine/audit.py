@@ -148,5 +148,5 @@ class AuditMixin:
         labelled, labelled_feats = self._labelled_set(embed_missing=False)
         reference = [labelled_feats[s.sha256] for s in {s.sha256: s for s in labelled.entries}.values()
                      if s.label == old_label and s.sha256 in labelled_feats]
-        return cluster_offer(sha256, old_label, [{"sha256": s, "label": old_label} for s in shas], feats, set(),
-                             np.stack(reference) if reference else None, limit or CLUSTER_LIMIT)
+        return cluster_offer(sha256, old_label, rows, feats, excluded, np.stack(reference) if reference else None,
+                             limit or CLUSTER_LIMIT)
