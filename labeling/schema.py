@@ -31,6 +31,7 @@ import logging
 from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
 
+from labeling import blobs
 from settings import PlatformError
 
 logger = logging.getLogger(__name__)
@@ -75,4 +76,5 @@ def ensure_schema(db: Database) -> None:
     for collection, indexes in _INDEXES.items():
         for keys in indexes:
             db[collection].create_index(keys)
+    blobs.ensure_indexes(db, GRIDFS_BUCKET)
     logger.debug("schema version %s ready", version)

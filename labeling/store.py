@@ -24,7 +24,7 @@ from gridfs import GridFSBucket
 from pymongo import DESCENDING, WriteConcern
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
-from labeling import schema
+from labeling import blobs, schema
 from labeling.connection import Connection, connect, connection_error
 from labeling.records import image_info, json_safe, label_row, no_label_row, prediction_doc, validate_items
 from settings import PlatformError, Settings
@@ -119,9 +119,6 @@ class LabelStore:
         self.hosts = connection.hosts
         self._db = connection.client.get_database(self._database, write_concern=DURABLE)
         self._fs = GridFSBucket(self._db, bucket_name=schema.GRIDFS_BUCKET)
-        # Chunks are written unjournaled; the journaled ``images`` insert that follows flushes
-        # the journal (and, on replica sets, waits for the oplog) up to and including them.
-        self._fs_upload = GridFSBucket(self._db.with_options(write_concern=_FAST), bucket_name=schema.GRIDFS_BUCKET)
 
     def _reconnect(self, failed: Connection, exc: BaseException) -> bool:
         """After ``failed`` (a borrowed embedded server) broke, open the database anew; False if not applicable."""
@@ -178,7 +175,9 @@ class LabelStore:
                 self._insert_image(sha, data, name, source)
 
     def _insert_image(self, sha: str, data: bytes, name: str, source: str) -> None:
-        file_id = self._fs_upload.upload_from_stream(sha, data, metadata={"sha256": sha})
+        # Written unjournaled; the journaled ``images`` insert that follows flushes the journal (and, on
+        # replica sets, waits for the oplog) up to and including them.
+        file_id = blobs.put(self._db, schema.GRIDFS_BUCKET, data, sha, {"sha256": sha}, _FAST)
         doc = {"_id": sha, "file_id": file_id, "name": name[:1024], "size": len(data), **image_info(data)}
         doc.update(first_seen=_now(), source=source)
         try:

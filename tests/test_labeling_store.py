@@ -81,6 +81,23 @@ def test_add_images_stores_each_sha_once_with_metadata(store, raw_db):
     assert store.image_bytes(images[1].sha256) == images[1].data
 
 
+def test_image_bytes_are_gridfs_files_that_gridfs_itself_reads(store, raw_db):
+    """Bytes are written in GridFS's layout without pymongo's per-file emptiness probe (a full scan on the
+    embedded server); GridFS must still read them, over several chunks, and the spec's indexes must exist."""
+    from gridfs import GridFSBucket
+    data = os.urandom(600 * 1024)  # three 255 KiB chunks
+    sha = hashlib.sha256(data).hexdigest()
+    store.add_images([Upload(sha, data, "big.raw")])
+    doc = raw_db["images"].find_one({"_id": sha})
+    bucket = GridFSBucket(raw_db, bucket_name="image_bytes")
+    assert bucket.open_download_stream(doc["file_id"]).read() == data
+    assert bucket.open_download_stream_by_name(sha).read() == data
+    assert raw_db["image_bytes.chunks"].count_documents({"files_id": doc["file_id"]}) == 3
+    chunk_index = [i for i in raw_db["image_bytes.chunks"].list_indexes() if list(i["key"]) == ["files_id", "n"]]
+    assert chunk_index and chunk_index[0].get("unique") is True
+    assert any(list(i["key"]) == ["filename", "uploadDate"] for i in raw_db["image_bytes.files"].list_indexes())
+
+
 def test_unreadable_image_is_stored_without_format(store, raw_db):
     data = b"not an image at all"
     store.add_images([Upload(hashlib.sha256(data).hexdigest(), data, "../../etc/passwd")])
