@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +19,65 @@ from settings import PlatformError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
-@dataclass(frozen=True)
-class ImageInput:
-    """An image as received: where it came from (data only, never a path we write to), bytes, sha256 hex."""
+LARGE_FILE_BYTES = 1 << 20
+"""Files at least this large (phone photos) are hashed as they stream in and read again when needed, instead of
+being held in memory from upload until the store has them: 128 phone photos are about 480 MB of bytes."""
+READ_BLOCK = 1 << 20
 
-    name: str
-    data: bytes
-    sha256: str
+
+class ImageInput:
+    """An image as received: where it came from (data only, never a path we write to), bytes, sha256 hex.
+
+    ``data`` is the bytes; for a large file they are read from it on each use (see :data:`LARGE_FILE_BYTES`),
+    and whoever stores them checks them against ``sha256`` (the store does)."""
+
+    __slots__ = ("name", "sha256", "size", "_data", "_read")
+
+    def __init__(self, name: str, data: bytes = b"", sha256: str = "", read=None, size: int | None = None):
+        self.name, self.sha256, self._data, self._read = name, sha256, data, read
+        self.size = len(data) if size is None else size
+        """Bytes (as first read)."""
+
+    @property
+    def data(self) -> bytes:
+        if self._read is None:
+            return self._data
+        try:
+            return self._read()
+        except (OSError, zipfile.BadZipFile, KeyError) as exc:
+            raise PlatformError(f"{self.name}: the uploaded file is no longer readable ({exc}); upload it again") from None
+
+    def __repr__(self) -> str:
+        return f"ImageInput({self.name!r}, sha256={self.sha256[:12]!r})"
 
     @classmethod
     def from_bytes(cls, data: bytes, name: str = "image") -> "ImageInput":
         return cls(name=name, data=data, sha256=hashlib.sha256(data).hexdigest())
+
+    @classmethod
+    def from_stream(cls, name: str, open_stream, limit: int) -> "ImageInput":
+        """An image read from ``open_stream()`` (a binary file object), hashed block by block. At most ``limit``
+        + 1 bytes are read (the caller refuses more). From :data:`LARGE_FILE_BYTES` on, the bytes are not kept:
+        ``data`` opens the stream again."""
+        digest, blocks, size = hashlib.sha256(), [], 0
+        with open_stream() as fh:
+            while size <= limit:
+                block = fh.read(min(READ_BLOCK, limit + 1 - size))
+                if not block:
+                    break
+                digest.update(block)
+                size += len(block)
+                if blocks is not None:
+                    blocks.append(block)
+                    if size >= LARGE_FILE_BYTES:
+                        blocks = None
+        if blocks is not None:
+            return cls(name, b"".join(blocks), digest.hexdigest())
+
+        def read() -> bytes:
+            with open_stream() as again:
+                return again.read(limit + 1)
+        return cls(name, b"", digest.hexdigest(), read=read, size=size)
 
 
 def read_input(source, name: str | None = None) -> ImageInput:
@@ -44,10 +92,9 @@ def read_input(source, name: str | None = None) -> ImageInput:
         return ImageInput.from_bytes(buf.getvalue(), name or "image.png")
     path = Path(source)
     try:
-        data = path.read_bytes()
+        return ImageInput.from_stream(name or path.name, lambda: open(path, "rb"), path.stat().st_size)
     except OSError as exc:
         raise PlatformError(f"{name or path.name}: cannot read the file ({exc.strerror or exc})") from None
-    return ImageInput.from_bytes(data, name or path.name)
 
 
 def _flatten(img: Image.Image) -> Image.Image:

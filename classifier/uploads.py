@@ -2,13 +2,15 @@
 
 Two size limits apply: one per image (a file, or an archive entry once unpacked: ``MAX_UPLOAD_MB``) and one
 per archive (its size, and what its images unpack to: ``MAX_ARCHIVE_MB``), so a .zip of 128 phone photos
-travels as one upload while a single 300 MB "image" is still refused. Archives are read in memory: entry
-names are only ever shown as names, never used as paths, so ``../x.jpg`` or absolute entries cannot write
-anywhere. Nested archives and oversized entries are skipped; each entry is hashed as it is read.
+travels as one upload while a single 300 MB "image" is still refused. Entry names are only ever shown as
+names, never used as paths, so ``../x.jpg`` or absolute entries cannot write anywhere. Nested archives and
+oversized entries are skipped; each entry and file is hashed as it is read, and large ones are read again from
+the upload when needed instead of being held in memory (:meth:`classifier.images.ImageInput.from_stream`).
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import functools
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -17,22 +19,15 @@ from classifier.images import IMAGE_SUFFIXES, ImageInput, read_input
 from settings import PlatformError
 
 MB = 1024 * 1024
-READ_BLOCK = 1 << 20
 UNREADABLE_ENTRY = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError)
 """What reading one damaged, encrypted or oddly compressed archive entry raises."""
 
 
-def _read_hashed(fh, limit: int) -> tuple[bytes, str]:
-    """Up to ``limit`` + 1 bytes of a stream and their sha256 hex, hashed block by block as they arrive."""
-    digest, blocks, size = hashlib.sha256(), [], 0
-    while size <= limit:
-        block = fh.read(min(READ_BLOCK, limit + 1 - size))
-        if not block:
-            break
-        digest.update(block)
-        blocks.append(block)
-        size += len(block)
-    return b"".join(blocks), digest.hexdigest()
+@contextlib.contextmanager
+def _open_member(path: Path, member: zipfile.ZipInfo):
+    """One archive entry as a binary stream (opened again for each read of a large entry)."""
+    with zipfile.ZipFile(path) as archive, archive.open(member) as fh:
+        yield fh
 
 
 def _zip_images(path: Path, errors: list[dict], max_image: int, max_archive: int) -> list[ImageInput]:
@@ -62,16 +57,15 @@ def _zip_images(path: Path, errors: list[dict], max_image: int, max_archive: int
                 errors.append({"file": name, "error": f"{name}: too large once unpacked"})
                 continue
             try:
-                with archive.open(member) as fh:
-                    data, sha256 = _read_hashed(fh, max_image)
+                image = ImageInput.from_stream(name, functools.partial(_open_member, path, member), max_image)
             except UNREADABLE_ENTRY:  # bad CRC or sizes (a lying header), corrupt stream, encrypted, odd method
                 errors.append({"file": name, "error": f"{name}: damaged or unsupported entry in the archive"})
                 continue
-            if len(data) > max_image:  # the header lied about the size (zip bomb)
+            if image.size > max_image:  # the header lied about the size (zip bomb)
                 errors.append({"file": name, "error": f"{name}: too large once unpacked"})
                 continue
-            total += len(data)
-            out.append(ImageInput(name, data, sha256))
+            total += image.size
+            out.append(image)
     return out
 
 

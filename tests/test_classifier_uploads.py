@@ -7,11 +7,13 @@ import io
 import os
 import zipfile
 
+import pytest
 from PIL import Image, ImageFile
 
 from classifier.embeddings import Embedder
 from classifier.images import ImageInput, decode
 from classifier.uploads import expand_uploads
+from settings import PlatformError
 
 MB = 1024 * 1024
 
@@ -45,6 +47,24 @@ def test_a_file_over_the_per_image_limit_and_an_archive_over_its_limit_are_error
     assert [i.name for i in images] == ["small.jpg"]
     assert errors == [{"file": "big.jpg", "error": "big.jpg: the file is over the per-image limit of 1 MB (MAX_UPLOAD_MB)"},
                       {"file": "huge.zip", "error": "huge.zip: the archive is over the limit of 1 MB (MAX_ARCHIVE_MB); split it"}]
+
+
+def test_large_files_and_entries_are_hashed_as_they_stream_and_not_held_in_memory(tmp_path):
+    big, small = _noise_file(tmp_path / "big.jpg", 3 * MB), _noise_file(tmp_path / "small.jpg", 1000)
+    archive = tmp_path / "batch.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        zf.write(big, "entry.jpg")
+    images, errors = expand_uploads([big, small, archive], max_batch=8, max_image_mb=4)
+    assert errors == []
+    by_name = {i.name: i for i in images}
+    for name in ("big.jpg", "entry.jpg"):
+        image = by_name[name]
+        assert image._data == b"" and image.size == 3 * MB  # nothing held: read from the upload when needed
+        assert image.data == big.read_bytes() and image.sha256 == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert by_name["small.jpg"]._data == small.read_bytes()
+    big.unlink()
+    with pytest.raises(PlatformError, match="no longer readable"):
+        by_name["big.jpg"].data  # noqa: B018
 
 
 def _phone_jpeg() -> ImageInput:
