@@ -102,7 +102,8 @@ def edit(handlers, edits: list[dict], token=None, request=None) -> dict[str, dic
 
 def test_show_predictions_fills_the_review_grid_and_plots(handlers, dataset_dir):
     files = dataset_files(dataset_dir, 2)
-    value, summary, dist, conf = predict(handlers, files)
+    value, summary = predict(handlers, files)
+    dist, conf = handlers.batch_charts(value, 0.6)
     rows = grid(value)["rows"]
 
     assert len(rows) == 6 and grid(value)["batch_id"]
@@ -350,7 +351,8 @@ def test_no_model_yet_predicts_unlabelled_rows_and_says_so(tmp_path, backbone_di
         assert [r["label"] for r in rows] == [None, None, None]
         assert all(r["confidence"] is None and r["top_k"] == [] and r["model_version"] is None for r in rows)
 
-        value, summary, dist, conf = predict(h, files)
+        value, summary = predict(h, files)
+        dist, conf = h.batch_charts(value, 0.6)
         rows = grid(value)["rows"]
         assert [(r["pred"], r["confidence"], r["human_label"]) for r in rows] == [(None, None, None)] * 3
         assert "predicted by **no model yet**" in summary and dist is None and conf is None

@@ -11,11 +11,9 @@ from typing import Callable
 import gradio as gr
 import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from engine import Engine  # noqa: E402
-from ui.errors import user_errors  # noqa: E402
+from engine import Engine
+from ui import plots
+from ui.errors import user_errors
 
 COLUMNS = ["#", "kind", "file", "given", "suggested", "score", "done"]
 KIND_TEXT = {"label": "label may be wrong", "duplicate": "near-duplicate", "outlier": "unlike the training data"}
@@ -31,9 +29,9 @@ def embedding_map(points: dict | None):
     """Scatter of the 2-D projection, coloured by label, flagged images ringed; None when nothing to draw."""
     if not points or not points.get("x"):
         return None
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100, layout="constrained")
+    fig, ax = plots.figure(6, 4.5)
     labels = sorted(set(points["label"]))
-    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    cmap = matplotlib.colormaps["tab10" if len(labels) <= 10 else "tab20"]
     for n, name in enumerate(labels):
         sel = [i for i, lab in enumerate(points["label"]) if lab == name]
         ax.scatter([points["x"][i] for i in sel], [points["y"][i] for i in sel], s=8, color=cmap(n % cmap.N), label=name)

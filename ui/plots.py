@@ -4,23 +4,22 @@ from __future__ import annotations
 
 from collections import Counter
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
-def _figure(width: float = 5.0, height: float = 3.0):
-    fig, ax = plt.subplots(figsize=(width, height), dpi=100, layout="constrained")
-    return fig, ax
+def figure(width: float = 5.0, height: float = 3.0):
+    """A figure and its axes, outside pyplot's registry: pyplot keeps every figure it makes until closed, and
+    Gradio never closes the figures it draws, so each prediction's two charts would stay in memory for good."""
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return fig, fig.subplots()
 
 
 def class_distribution(results: list[dict]):
     counts = Counter(r["label"] for r in results if r.get("label"))
     if not counts:
         return None
-    fig, ax = _figure()
+    fig, ax = figure()
     names, values = zip(*counts.most_common())
     ax.barh(names[::-1], values[::-1], color="#4c78a8")
     ax.set_xlabel("images")
@@ -32,7 +31,7 @@ def confidence_histogram(results: list[dict], threshold: float):
     conf = [r["confidence"] for r in results if r.get("confidence") is not None]
     if not conf:
         return None
-    fig, ax = _figure()
+    fig, ax = figure()
     ax.hist(conf, bins=np.linspace(0, 1, 21), color="#72b7b2", edgecolor="white")
     ax.axvline(threshold, color="#e45756", linestyle="--", label=f"threshold {threshold:.2f}")
     low = sum(c < threshold for c in conf)
@@ -58,7 +57,7 @@ def confusion_from_matrix(matrix, names: list[str], title: str):
     if matrix.size == 0:
         return None
     size = min(9.0, 2.5 + 0.45 * len(names))
-    fig, ax = _figure(size, size * 0.85)
+    fig, ax = figure(size, size * 0.85)
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
@@ -77,7 +76,7 @@ def loss_curves(curves: dict[str, list[dict]]):
     curves = {k: v for k, v in curves.items() if v}
     if not curves:
         return None
-    fig, ax = _figure()
+    fig, ax = figure()
     for name, curve in curves.items():
         ax.plot([p["epoch"] for p in curve], [p["loss"] for p in curve], marker=".", label=name)
     ax.set_xlabel("epoch")
@@ -90,7 +89,7 @@ def loss_curves(curves: dict[str, list[dict]]):
 def live_loss(losses: list[float]):
     if not losses:
         return None
-    fig, ax = _figure(5, 2.5)
+    fig, ax = figure(5, 2.5)
     ax.plot(range(1, len(losses) + 1), losses, color="#f58518")
     ax.set_xlabel("report")
     ax.set_ylabel("loss")
@@ -103,7 +102,7 @@ def f1_comparison(new: dict, old: dict | None, new_name: str, old_name: str | No
     classes = sorted(set(new.get("per_class", {})) | set((old or {}).get("per_class", {})))
     if not classes:
         return None
-    fig, ax = _figure(max(5.0, 0.6 * len(classes) + 2), 3)
+    fig, ax = figure(max(5.0, 0.6 * len(classes) + 2), 3)
     x = np.arange(len(classes))
     width = 0.4 if old else 0.6
     ax.bar(x - (width / 2 if old else 0), [new.get("per_class", {}).get(c, {}).get("f1", 0) for c in classes],

@@ -408,6 +408,17 @@ class UserTokens:
         return f'<span data-token="{html.escape(self.issue(user), quote=True)}"></span>' if user else ""
 
 
+def rows_of(value) -> list[dict]:
+    """The rows of a grid value made by :func:`payload` (its JSON text, or already parsed); [] for anything else."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return []
+    rows = value.get("rows") if isinstance(value, dict) else None
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
 def _data_url(data: bytes) -> str | None:
     if len(data) > MAX_FULL_IMAGE_BYTES:
         return None
