@@ -100,7 +100,7 @@ class Handlers:
             raise PlatformError("Choose a .zip of class folders or a server folder to import")
         result = self.engine.import_labelled(source, user=user)
         skipped = "; ".join(f"{n} {why}" for why, n in result["skipped"].items())
-        return (f"Imported **{result['imported']}** label(s) as **{user}** in {len(result['classes'])} classes "
+        return (f"Imported **{result['imported']}** label(s) as **{views.plain(user)}** in {len(result['classes'])} classes "
                 f"({result['unchanged']} already labelled so).{' Skipped: ' + skipped + '.' if skipped else ''} "
                 "Train a version in the Train tab to use them."), self.status_text()
 
@@ -149,8 +149,9 @@ class Handlers:
         version = result["version"]
         verdict = (f"### ✅ {version} is live\n" if result.get("promoted") else
                    f"### ⚠ {version} was registered but not promoted\nActivate it anyway in the Models tab if you trust it.\n")
-        lines = [verdict, f"{result.get('reason', '')} · started by **{result.get('started_by')}**"]
-        lines += [f"\n⚠ {w}" for w in result.get("warnings") or []]
+        # warnings name classes, which are user input: shown as text, never as HTML
+        lines = [verdict, f"{views.plain(result.get('reason', ''))} · started by **{views.plain(result.get('started_by'))}**"]
+        lines += [f"\n⚠ {views.plain(w)}" for w in result.get("warnings") or []]
         text, *plots_ = self.compare(version, previous)
         return ("\n".join(lines) + "\n\n" + text, *plots_)
 

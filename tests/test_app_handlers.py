@@ -279,6 +279,21 @@ def test_models_table_and_version_details(handlers):
     assert handlers.version_details(None) == ("", None, None, None)
 
 
+def test_user_typed_names_show_as_text_in_the_markdown(handlers):
+    """A class named like HTML is text in the run's result, the data-health table and the model card."""
+    from training.checkpoint import data_health_lines, model_card
+    hostile = "<img src=x onerror=alert(1)>"
+    result = {"version": "v1", "promoted": True, "reason": "v1 is the first version", "started_by": hostile,
+              "warnings": [f"class {hostile!r} has 1 image(s) and none in the validation split"]}
+    text = handlers.result_view(result, None)[0]
+    health = {"computed": True, "audited": 3, "estimated_issues": 0, "estimated_noise_rate": 0.0, "oof_accuracy": 1.0,
+              "duplicate_sets": 0, "duplicate_images": 0, "outliers": 0, "per_class": {hostile: {"count": 1, "oof_accuracy": 1.0}}}
+    card = model_card("v1", {"classes": [hostile, "a|b"]}, {"data_health": health}, {})
+    for markdown in (text, "\n".join(data_health_lines(health)), card):
+        assert "<img" not in markdown and "&lt;img src=x onerror=alert(1)&gt;" in markdown
+    assert "| a\\|b |" in card  # a table cell, not two
+
+
 # --- access control --------------------------------------------------------------------------------
 
 def test_writes_without_login_are_refused(auth_handlers, dataset_dir):

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from engine import Engine  # noqa: E402
 from ui.errors import user_errors  # noqa: E402
+from ui.views import plain  # noqa: E402
 
 COLUMNS = ["#", "kind", "file", "given", "suggested", "score", "done"]
 KIND_TEXT = {"label": "label may be wrong", "duplicate": "near-duplicate", "outlier": "unlike the training data"}
@@ -100,7 +101,7 @@ def build_issues_tab(engine: Engine, writer: Callable, session_user: gr.State) -
                 note = "kept" if kind == "keep" else "removed from training"
             rows = [dict(r, done=note) if i == index else r for i, r in enumerate(rows)]
             stack = stack + [{"undo": done["undo"], "index": index}]
-            return rows, table_rows(rows), stack, f"{item['file']}: {note}"
+            return rows, table_rows(rows), stack, plain(f"{item['file']}: {note}")
 
         def undo(rows: list[dict], stack: list, user_state, request: gr.Request):
             user = writer(user_state, request)
