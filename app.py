@@ -126,11 +126,12 @@ class Handlers:
             job_id = self.engine.start_training({k: v for k, v in params.items() if v is not None}, user).id
         except TrainingBusy as exc:  # someone else is training: say so without marking the page as failed
             gr.Warning(str(exc))
-            yield unchanged + (f"⚠ {exc}", gr.skip())
+            yield unchanged[:5] + (self.status_text(), f"⚠ {exc}", gr.skip())
             return
+        # the header follows the run too, so that it says what /status says (training by whom, how far)
         while (snap := self.engine.training_status())["id"] == job_id and snap["finished"] is None:
             progress(snap["progress"], desc=snap["message"] or "training")
-            yield unchanged + self.training_view(snap)
+            yield unchanged[:5] + (self.status_text(),) + self.training_view(snap)
             time.sleep(1.0)
         if snap["state"] == "failed":
             raise PlatformError(snap["error"])
@@ -209,15 +210,18 @@ class Handlers:
                                            "classes", "est. label noise", "Hub"])
 
     def models_refresh(self):
+        """(table, version picker, header): the header is refreshed with the table, so that an activation made
+        by another process shows in both at once."""
         versions = [m["version"] for m in reversed(self.engine.models())]
-        return self.models_table(), gr.update(choices=versions, value=versions[0] if versions else None)
+        return (self.models_table(), gr.update(choices=versions, value=versions[0] if versions else None),
+                self.status_text())
 
     def activate_version(self, version, session_user, request: gr.Request):
         self.writer(session_user, request)
         if not version:
             raise PlatformError("Choose a version to activate")
         self.engine.activate(version)
-        return (f"✅ {version} is now active: the next prediction uses it.",) + self.models_refresh() + (self.status_text(),)
+        return (f"✅ {version} is now active: the next prediction uses it.",) + self.models_refresh()
 
     def retry_push(self, version, session_user, request: gr.Request):
         self.writer(session_user, request)
@@ -385,13 +389,13 @@ def build_app(engine: Engine) -> gr.Blocks:
         # and after the events that change it (train, activate): an idle page makes no periodic server calls.
         train_timer.tick(h.poll_training, None, [train_status, live_loss, train_timer], api_visibility="private") \
             .then(h.status_text, None, status, api_visibility="private")
-        refresh_btn.click(h.models_refresh, None, [models_df, version_pick], api_visibility="private")
-        models_tab.select(h.models_refresh, None, [models_df, version_pick], api_visibility="private")
+        refresh_btn.click(h.models_refresh, None, [models_df, version_pick, status], api_visibility="private")
+        models_tab.select(h.models_refresh, None, [models_df, version_pick, status], api_visibility="private")
         activate_btn.click(user_errors(h.activate_version), [version_pick, session_user],
                            [activate_msg, models_df, version_pick, status], api_visibility="private")
         if s.hub_model_id:
             push_btn.click(user_errors(h.retry_push), [version_pick, session_user],
-                           [activate_msg, models_df, version_pick], api_visibility="private")
+                           [activate_msg, models_df, version_pick, status], api_visibility="private")
         version_pick.change(user_errors(h.version_details), version_pick,
                             [details_md, details_conf, details_f1, details_loss], api_visibility="private")
         demo.load(h.status_text, None, status, api_visibility="private")

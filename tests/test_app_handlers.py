@@ -16,6 +16,7 @@ import pytest
 from matplotlib.figure import Figure
 
 import app
+from classifier.registry import LocalRegistry
 from engine import Engine
 from settings import PlatformError, load_settings
 from ui import review
@@ -339,7 +340,8 @@ def test_writes_with_session_user_or_basic_header_succeed(auth_handlers, dataset
     assert [row["user"] for row in history] == ["bob", "alice"]
 
     # 0 for lr/batch size/epochs is what the page's empty Number fields send: the mode's defaults
-    *_, last = h.train("head", 0, 0, 0, 0.2, 4, 32, 3, 3, "alice", None, progress=no_progress)
+    *running, last = h.train("head", 0, 0, 0, 0.2, 4, 32, 3, 3, "alice", None, progress=no_progress)
+    assert running and all("**training** by alice" in step[5] for step in running)  # the header follows the run
     text, conf, f1, loss, models, status, run_state, live_loss = last
     # Bob's "shapes" labels made v2 worse than v1 on the same held-out images: the gate keeps v1 live.
     assert "### ⚠ v2 was registered but not promoted" in text and "v1 stays active" in text
@@ -352,6 +354,11 @@ def test_writes_with_session_user_or_basic_header_succeed(auth_handlers, dataset
     assert message.startswith("✅ v2 is now active")
     assert list(models["active"]) == ["✅", ""] and pick["value"] == "v2"
     assert h.engine.status()["active_version"] == "v2" and "**Model:** v2" in status
+
+    LocalRegistry(h.settings.models_dir).set_active("v1")  # what `python -m classifier activate v1` does
+    models, pick, status = h.models_refresh()  # the Models tab opened, or its Refresh button
+    assert list(models["active"]) == ["", "✅"] and "**Model:** v1" in status
+    assert h.engine.status()["active_version"] == "v1"
 
 
 # --- no model yet ----------------------------------------------------------------------------------
