@@ -105,7 +105,7 @@ class Handlers:
             raise PlatformError("Choose a .zip of class folders or a server folder to import")
         result = self.engine.import_labelled(source, user=user)
         skipped = "; ".join(f"{n} {why}" for why, n in result["skipped"].items())
-        return (f"Imported **{result['imported']}** label(s) as **{user}** in {len(result['classes'])} classes "
+        return (f"Imported **{result['imported']}** label(s) as **{views.plain(user)}** in {len(result['classes'])} classes "
                 f"({result['unchanged']} already labelled so).{' Skipped: ' + skipped + '.' if skipped else ''} "
                 "Train a version in the Train tab to use them."), self.status_text()
 
@@ -131,11 +131,12 @@ class Handlers:
             job_id = self.engine.start_training({k: v for k, v in params.items() if v is not None}, user).id
         except TrainingBusy as exc:  # someone else is training: say so without marking the page as failed
             gr.Warning(str(exc))
-            yield unchanged + (f"⚠ {exc}", gr.skip())
+            yield unchanged[:5] + (self.status_text(), f"⚠ {exc}", gr.skip())
             return
+        # the header follows the run too, so that it says what /status says (training by whom, how far)
         while (snap := self.engine.training_status())["id"] == job_id and snap["finished"] is None:
             progress(snap["progress"], desc=snap["message"] or "training")
-            yield unchanged + self.training_view(snap)
+            yield unchanged[:5] + (self.status_text(),) + self.training_view(snap)
             time.sleep(1.0)
         if snap["state"] == "failed":
             raise PlatformError(snap["error"])
@@ -154,8 +155,9 @@ class Handlers:
         version = result["version"]
         verdict = (f"### ✅ {version} is live\n" if result.get("promoted") else
                    f"### ⚠ {version} was registered but not promoted\nActivate it anyway in the Models tab if you trust it.\n")
-        lines = [verdict, f"{result.get('reason', '')} · started by **{result.get('started_by')}**"]
-        lines += [f"\n⚠ {w}" for w in result.get("warnings") or []]
+        # warnings name classes, which are user input: shown as text, never as HTML
+        lines = [verdict, f"{views.plain(result.get('reason', ''))} · started by **{views.plain(result.get('started_by'))}**"]
+        lines += [f"\n⚠ {views.plain(w)}" for w in result.get("warnings") or []]
         text, *plots_ = self.compare(version, previous)
         return ("\n".join(lines) + "\n\n" + text, *plots_)
 
@@ -213,15 +215,18 @@ class Handlers:
                                            "classes", "est. label noise", "Hub"])
 
     def models_refresh(self):
+        """(table, version picker, header): the header is refreshed with the table, so that an activation made
+        by another process shows in both at once."""
         versions = [m["version"] for m in reversed(self.engine.models())]
-        return self.models_table(), gr.update(choices=versions, value=versions[0] if versions else None)
+        return (self.models_table(), gr.update(choices=versions, value=versions[0] if versions else None),
+                self.status_text())
 
     def activate_version(self, version, session_user, request: gr.Request):
         self.writer(session_user, request)
         if not version:
             raise PlatformError("Choose a version to activate")
         self.engine.activate(version)
-        return (f"✅ {version} is now active: the next prediction uses it.",) + self.models_refresh() + (self.status_text(),)
+        return (f"✅ {version} is now active: the next prediction uses it.",) + self.models_refresh()
 
     def retry_push(self, version, session_user, request: gr.Request):
         self.writer(session_user, request)
@@ -393,13 +398,13 @@ def build_app(engine: Engine) -> gr.Blocks:
         # and after the events that change it (train, activate): an idle page makes no periodic server calls.
         train_timer.tick(h.poll_training, None, [train_status, live_loss, train_timer], api_visibility="private") \
             .then(h.status_text, None, status, api_visibility="private")
-        refresh_btn.click(h.models_refresh, None, [models_df, version_pick], api_visibility="private")
-        models_tab.select(h.models_refresh, None, [models_df, version_pick], api_visibility="private")
+        refresh_btn.click(h.models_refresh, None, [models_df, version_pick, status], api_visibility="private")
+        models_tab.select(h.models_refresh, None, [models_df, version_pick, status], api_visibility="private")
         activate_btn.click(user_errors(h.activate_version), [version_pick, session_user],
                            [activate_msg, models_df, version_pick, status], api_visibility="private")
         if s.hub_model_id:
             push_btn.click(user_errors(h.retry_push), [version_pick, session_user],
-                           [activate_msg, models_df, version_pick], api_visibility="private")
+                           [activate_msg, models_df, version_pick, status], api_visibility="private")
         version_pick.change(user_errors(h.version_details), version_pick,
                             [details_md, details_conf, details_f1, details_loss], api_visibility="private")
         demo.load(h.status_text, None, status, api_visibility="private")

@@ -29,8 +29,6 @@ class PredictionPriority:
         self._turn = threading.Lock()
         self._cond = threading.Condition()
         self._in_flight = 0
-        self.training_paused_s = 0.0
-        """Seconds training has spent waiting for predictions in this process (for the benchmark)."""
 
     @contextmanager
     def turn(self) -> Iterator[None]:
@@ -52,10 +50,8 @@ class PredictionPriority:
 
     def yield_to_predictions(self, max_wait_s: float = MAX_TRAINING_PAUSE_S) -> float:
         """Training's pause: block while predictions are in flight (at most ``max_wait_s``); returns the
-        seconds waited, also added to :attr:`training_paused_s`."""
-        waited = self.wait_until_idle(max_wait_s)
-        self.training_paused_s += waited
-        return waited
+        seconds waited."""
+        return self.wait_until_idle(max_wait_s)
 
     def wait_until_idle(self, max_wait_s: float = MAX_TRAINING_PAUSE_S) -> float:
         """Block while predictions are in flight (at most ``max_wait_s``); returns the seconds waited. Other

@@ -1,4 +1,5 @@
-"""Datasets on the Hub: pushing an export of the labelled images, and the label journal's current revision."""
+"""Datasets on the Hub: loading one by its id, pushing an export of the labelled images, and the label journal's
+current revision."""
 from __future__ import annotations
 
 import logging
@@ -43,3 +44,14 @@ def dataset_revision(settings: Settings) -> str | None:
     except PlatformError as exc:  # the card just omits the revision
         logger.info("No dataset revision for the model card: %s", exc)
         return None
+
+
+def load_hub_dataset(repo_id: str, split: str = "train"):
+    """The ``split`` of the Hub dataset ``repo_id`` as a ``datasets.Dataset`` (downloaded, or read from the local
+    Hugging Face cache when offline); PlatformError saying why when it cannot be loaded."""
+    import datasets
+    try:
+        return datasets.load_dataset(repo_id, split=split)
+    except Exception as exc:  # network and Hub libraries raise many types; report any as one line
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise PlatformError(f"Could not load the dataset {repo_id!r}: {type(exc).__name__}: {first}") from None

@@ -122,7 +122,10 @@ def _dataset(location: str, split: str):
             if isinstance(loaded, datasets.DatasetDict):
                 loaded = loaded[split if split in loaded else next(iter(loaded))]
         else:
-            loaded = datasets.load_dataset(location, split=split)
+            from hub.datasets import load_hub_dataset  # every Hub call lives in the hub package
+            loaded = load_hub_dataset(location, split)
+    except PlatformError:
+        raise
     except Exception as exc:
         raise PlatformError(f"Could not load the dataset {location!r}: {type(exc).__name__}: {exc}") from None
     column = next((n for n, f in loaded.features.items() if isinstance(f, datasets.Image)), None)

@@ -16,6 +16,7 @@ import pytest
 from matplotlib.figure import Figure
 
 import app
+from classifier.registry import LocalRegistry
 from engine import Engine
 from settings import PlatformError, load_settings
 from ui import review
@@ -280,6 +281,21 @@ def test_models_table_and_version_details(handlers):
     assert handlers.version_details(None) == ("", None, None, None)
 
 
+def test_user_typed_names_show_as_text_in_the_markdown(handlers):
+    """A class named like HTML is text in the run's result, the data-health table and the model card."""
+    from training.checkpoint import data_health_lines, model_card
+    hostile = "<img src=x onerror=alert(1)>"
+    result = {"version": "v1", "promoted": True, "reason": "v1 is the first version", "started_by": hostile,
+              "warnings": [f"class {hostile!r} has 1 image(s) and none in the validation split"]}
+    text = handlers.result_view(result, None)[0]
+    health = {"computed": True, "audited": 3, "estimated_issues": 0, "estimated_noise_rate": 0.0, "oof_accuracy": 1.0,
+              "duplicate_sets": 0, "duplicate_images": 0, "outliers": 0, "per_class": {hostile: {"count": 1, "oof_accuracy": 1.0}}}
+    card = model_card("v1", {"classes": [hostile, "a|b"]}, {"data_health": health}, {})
+    for markdown in (text, "\n".join(data_health_lines(health)), card):
+        assert "<img" not in markdown and "&lt;img src=x onerror=alert(1)&gt;" in markdown
+    assert "| a\\|b |" in card  # a table cell, not two
+
+
 # --- access control --------------------------------------------------------------------------------
 
 def test_writes_without_login_are_refused(auth_handlers, dataset_dir):
@@ -325,7 +341,8 @@ def test_writes_with_session_user_or_basic_header_succeed(auth_handlers, dataset
     assert [row["user"] for row in history] == ["bob", "alice"]
 
     # 0 for lr/batch size/epochs is what the page's empty Number fields send: the mode's defaults
-    *_, last = h.train("head", 0, 0, 0, 0.2, 4, 32, 3, 3, "alice", None, progress=no_progress)
+    *running, last = h.train("head", 0, 0, 0, 0.2, 4, 32, 3, 3, "alice", None, progress=no_progress)
+    assert running and all("**training** by alice" in step[5] for step in running)  # the header follows the run
     text, conf, f1, loss, models, status, run_state, live_loss = last
     # Bob's "shapes" labels made v2 worse than v1 on the same held-out images: the gate keeps v1 live.
     assert "### ⚠ v2 was registered but not promoted" in text and "v1 stays active" in text
@@ -338,6 +355,11 @@ def test_writes_with_session_user_or_basic_header_succeed(auth_handlers, dataset
     assert message.startswith("✅ v2 is now active")
     assert list(models["active"]) == ["✅", ""] and pick["value"] == "v2"
     assert h.engine.status()["active_version"] == "v2" and "**Model:** v2" in status
+
+    LocalRegistry(h.settings.models_dir).set_active("v1")  # what `python -m classifier activate v1` does
+    models, pick, status = h.models_refresh()  # the Models tab opened, or its Refresh button
+    assert list(models["active"]) == ["", "✅"] and "**Model:** v1" in status
+    assert h.engine.status()["active_version"] == "v1"
 
 
 # --- no model yet ----------------------------------------------------------------------------------

@@ -39,6 +39,14 @@ def test_only_the_hub_package_talks_to_the_hub():
     assert outside == []
 
 
+def test_only_the_hub_package_loads_datasets_from_the_hub():
+    """``datasets.load_dataset`` with a repo id downloads from the Hub: it is called in hub/ only."""
+    calls = [str(p.relative_to(ROOT)) for p in ROOT.glob("**/*.py")
+             if p.parts[len(ROOT.parts)] not in ("hub", "tests", ".venv", "bench")
+             and any(isinstance(node, ast.Attribute) and node.attr == "load_dataset" for node in ast.walk(ast.parse(p.read_text())))]
+    assert calls == []
+
+
 def test_the_engine_never_imports_gradio():
     for part in (ROOT / "engine").glob("*.py"):
         assert not any(m.startswith("gradio") for m in imported_modules(part)), part.name

@@ -253,10 +253,6 @@ class LabelAudit:
     """Row indices whose kNN distance is past the fence, farthest first."""
     fence: float = float("inf")
 
-    @property
-    def oof_correct(self) -> np.ndarray:
-        return self.oof_probs.argmax(1)
-
 
 def audit_labels(x: np.ndarray, y: np.ndarray, classes: int, shas: list[str] | None = None, seed: int = 0,
                  duplicate_similarity: float = DUPLICATE_SIMILARITY) -> LabelAudit:

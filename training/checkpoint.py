@@ -1,6 +1,7 @@
 """The files a run leaves beside its weights: ``metrics.json``, ``params.json`` and a model card."""
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def model_card(version: str, info: dict, metrics: dict, params: dict) -> str:
     ]
     for name in classes:
         row = metrics.get("per_class", {}).get(name, {})
-        lines.append(f"| {name} | {row.get('precision', '')} | {row.get('recall', '')} | {row.get('f1', '')} | {row.get('support', '')} |")
+        lines.append(f"| {_table_cell(name)} | {row.get('precision', '')} | {row.get('recall', '')} | {row.get('f1', '')} | {row.get('support', '')} |")
     lines += ["", "## Parameters", "", "```json", json.dumps(params, indent=2, ensure_ascii=False), "```", "",
               "## Use", "", "```python", "from transformers import pipeline",
               f"classify = pipeline(\"image-classification\", model=\"<this folder or repo>\", revision=\"{version}\")",
@@ -47,6 +48,11 @@ def model_card(version: str, info: dict, metrics: dict, params: dict) -> str:
     if info.get("dataset_revision"):
         lines.insert(2, f"Labels from dataset revision `{info['dataset_revision']}`.\n")
     return "\n".join(front + [""] + lines)
+
+
+def _table_cell(text: str) -> str:
+    """A class name (user input) as a Markdown table cell that shows it as text, in the app and on the model card."""
+    return html.escape(str(text), quote=False).replace("|", "\\|")
 
 
 def data_health_lines(health: dict | None) -> list[str]:
@@ -73,7 +79,7 @@ def data_health_lines(health: dict | None) -> list[str]:
                   f"| change in estimated noise rate | {since['estimated_noise_rate']:+.1%} |",
                   f"| change in out-of-fold accuracy | {since['oof_accuracy']:+.4f} |"]
     lines += ["", "| class | images | out-of-fold accuracy |", "|---|---|---|"]
-    lines += [f"| {name} | {row['count']} | {row['oof_accuracy']} |" for name, row in health.get("per_class", {}).items()]
+    lines += [f"| {_table_cell(name)} | {row['count']} | {row['oof_accuracy']} |" for name, row in health.get("per_class", {}).items()]
     return lines + [""]
 
 

@@ -191,11 +191,8 @@ def load_samples(source: str | Path) -> LoadedData:
         raise PlatformError(f"{source} is neither a folder nor a .zip of class folders")
     if "/" not in str(source) or str(source).startswith((".", "/", "~")):
         raise PlatformError(f"Dataset {source} not found (expected a folder, a .zip, or a Hub dataset id)")
-    import datasets
-    try:
-        return load_hf_dataset(datasets.load_dataset(str(source), split="train"))
-    except Exception as exc:
-        raise PlatformError(f"Could not load the dataset {source!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    from hub.datasets import load_hub_dataset  # every Hub call lives in the hub package
+    return load_hf_dataset(load_hub_dataset(str(source)))
 
 
 def merge_samples(base: Iterable[Sample], human: Iterable[Sample]) -> list[Sample]:

@@ -14,6 +14,7 @@ import matplotlib
 from engine import Engine
 from ui import plots
 from ui.errors import user_errors
+from ui.views import plain
 
 COLUMNS = ["#", "kind", "file", "given", "suggested", "score", "done"]
 KIND_TEXT = {"label": "label may be wrong", "duplicate": "near-duplicate", "outlier": "unlike the training data"}
@@ -98,7 +99,7 @@ def build_issues_tab(engine: Engine, writer: Callable, session_user: gr.State) -
                 note = "kept" if kind == "keep" else "removed from training"
             rows = [dict(r, done=note) if i == index else r for i, r in enumerate(rows)]
             stack = stack + [{"undo": done["undo"], "index": index}]
-            return rows, table_rows(rows), stack, f"{item['file']}: {note}"
+            return rows, table_rows(rows), stack, plain(f"{item['file']}: {note}")
 
         def undo(rows: list[dict], stack: list, user_state, request: gr.Request):
             user = writer(user_state, request)
