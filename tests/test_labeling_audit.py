@@ -121,6 +121,7 @@ def test_review_queue_ranks_every_predicted_image_and_badges_a_near_copy_of_a_la
     assert sorted(q["rank"] for q in queue.values()) == [1, 2, 3]
     by_file = {r["file"]: queue[r["sha256"]] for r in batch["results"]}
     assert {"kind": "duplicate", "text": "near-duplicate of sneakers_2.jpg (sneakers)"} in by_file["new_copy.jpg"]["badges"]
+    assert not any("sneakers_3.jpg" in b["text"] for b in by_file["sneakers_3.jpg"]["badges"])  # not its own twin
     assert all(b["kind"] in ("label", "duplicate", "outlier") for q in queue.values() for b in q["badges"])
 
 

@@ -133,24 +133,31 @@ def _probs(rows: list[dict], index: dict[str, int]) -> np.ndarray:
 
 
 def _badges(rows, x_new, x_old, y_old, reference, names, outlier) -> list[list[dict]]:
+    """Per row: "near-duplicate of" another labelled image (never of itself: a labelled image is in the reference
+    set), "label may be wrong" when the neighbours' vote disagrees (only once every class has the 2 labels that
+    :func:`training.audit.review_order` needs for votes: with fewer, votes flagged nearly every image), outliers."""
     badges: list[list[dict]] = [[] for _ in rows]
     if not len(reference):
         return badges
     idx, sims, _ = audit.neighbours(audit.normalise(x_new), audit.normalise(x_old))
     vote = audit.knn_vote(idx, sims, y_old, max(len(names), 2))
+    votes_count = np.bincount(y_old, minlength=len(names)).min() >= 2
     known = {s.sha256: s for s in reference}
     for i, r in enumerate(rows):
-        twin = known.get(r["sha256"]) or (reference[idx[i, 0]] if sims[i, 0] >= audit.DUPLICATE_SIMILARITY else None)
+        twin = next((reference[j] for j, sim in zip(idx[i], sims[i])
+                     if sim >= audit.DUPLICATE_SIMILARITY and reference[j].sha256 != r["sha256"]), None)
+        same = known.get(r["sha256"])
+        if twin is None and same is not None and same.name != r.get("file"):
+            twin = same  # the same bytes under another name
         if twin is not None:
             badges[i].append({"kind": "duplicate", "text": f"near-duplicate of {twin.name} ({twin.label})"})
         top = names[int(vote[i].argmax())]
         label = r.get("label")
-        if label in names and top != label and vote[i, names.index(label)] < 0.5:
+        if votes_count and label in names and top != label and vote[i, names.index(label)] < 0.5:
             badges[i].append({"kind": "label", "text": f"label may be wrong → suggested {top}"})
         if outlier[i]:
             badges[i].append({"kind": "outlier", "text": "unlike the training data"})
     return badges
-
 
 
 CLUSTER_MARGIN = 0.0
