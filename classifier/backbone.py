@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from settings import PlatformError
+from settings import PlatformError, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ def ensure_bundled_backbone(backbones_dir: Path) -> Path:
 
 
 def resolve_backbone(name: str | None, backbones_dir: Path) -> str:
-    """Turn a backbone name into something ``from_pretrained`` accepts: a local folder or a Hub id."""
+    """Turn a backbone name into the local folder ``from_pretrained`` loads: the bundled backbone, a folder, or
+    a Hub id's files fetched into the Hugging Face cache through :mod:`hub` (the one package that talks to the Hub)."""
     if not name or name == DEFAULT_BACKBONE:
         return str(ensure_bundled_backbone(backbones_dir))
     path = Path(name).expanduser()
@@ -100,7 +101,9 @@ def resolve_backbone(name: str | None, backbones_dir: Path) -> str:
         return str(path.resolve())
     if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:  # a path, not a Hub id
         raise PlatformError(f"Backbone folder {name} does not exist")
-    return name
+    from hub.models import download_backbone
+    settings = get_settings()
+    return str(download_backbone(name, settings.hf_token, settings.hub_endpoint))
 
 
 def load_model_and_processor(name_or_path: str, num_labels: int | None = None, **config_overrides):

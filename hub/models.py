@@ -94,6 +94,15 @@ def hub_errors(action: str, repo_id: str, token: str | None) -> Iterator[None]:
         raise PlatformError(message) from exc
 
 
+def download_backbone(repo_id: str, token: str | None = None, endpoint: str | None = None) -> Path:
+    """The files of the Hub model ``repo_id`` (a ``BACKBONE`` given as a Hub id) in the local Hugging Face cache:
+    downloaded once, then read from the cache (also offline, with ``HF_HUB_OFFLINE=1``)."""
+    from huggingface_hub import snapshot_download
+    with hub_errors(f"downloading the backbone {repo_id}", repo_id, token):
+        return Path(snapshot_download(repo_id, token=token or None, endpoint=endpoint,
+                                      allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+
+
 def check_repo_id(repo_id: str, variable: str) -> str:
     """Validate an ``owner/name`` repo id read from ``variable`` (for the error message)."""
     if not repo_id or not REPO_ID_PATTERN.match(repo_id):

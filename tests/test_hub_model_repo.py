@@ -2,6 +2,7 @@
 import json
 import logging
 import time
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +180,22 @@ def test_push_queue_gives_up_then_manual_retry_succeeds(hub, tmp_path):
             queue.retry("v5")
     finally:
         queue.close()
+
+
+def test_a_hub_id_backbone_is_fetched_through_the_hub_package_into_a_local_folder(hub, tmp_path, monkeypatch, backbone_dir):
+    """BACKBONE as a Hub id: resolve_backbone hands from_pretrained a local folder fetched by hub.models."""
+    from classifier.backbone import load_model_and_processor, resolve_backbone
+    from settings import get_settings
+    repo = HubModelRepo(REPO, TOKEN, endpoint=hub.endpoint)
+    repo.push_version(backbone_dir, "v1", "A backbone")
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    get_settings.cache_clear()
+    try:
+        folder = Path(resolve_backbone(REPO, tmp_path / "backbones"))
+    finally:
+        get_settings.cache_clear()
+    assert folder.is_dir() and (folder / "config.json").is_file() and folder.is_relative_to(tmp_path / "hf_home")
+    model, _ = load_model_and_processor(str(folder))
+    original, _ = load_model_and_processor(str(backbone_dir))
+    assert all((a == b).all() for a, b in zip(model.state_dict().values(), original.state_dict().values()))
