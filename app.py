@@ -162,26 +162,29 @@ class Handlers:
         return ("\n".join(lines) + "\n\n" + text, *plots_)
 
     def compare(self, version, other):
-        """Markdown, confusion matrix, per-class F1 and loss curves of a version next to another. Accuracies are
-        compared only on the images both versions held out, and the table says how many."""
+        """Markdown, confusion matrix, per-class F1 and loss curves of a version next to another. Accuracy, macro-F1
+        and per-class F1 are compared only on the images both versions held out, and the table says how many."""
         new = self.engine.version_metrics(version)
         old = self.engine.version_metrics(other) if other and other != version else None
         lines = [f"| | **{version}** | {other if old else '—'} |", "|---|---|---|"]
+        f1_new, f1_old = new, old
         if old:
             shared = self.engine.compare_versions(version, other)
             fmt = lambda a: "—" if a is None else f"{a:.1%}"  # noqa: E731
             lines.append(f"| accuracy on the same {shared['images']} held-out images | {fmt(shared[version])} | {fmt(shared[other])} |")
+            f1_new, f1_old = shared["scores"][version], shared["scores"][other]
+            lines.append(f"| macro-F1 on the same {shared['images']} images | {f1_new['macro_f1']} | {f1_old['macro_f1']} |")
         else:
             lines.append(f"| accuracy (own validation split, {new.get('val_size')} images) | {new.get('accuracy')} | — |")
-        rows = [("macro-F1 (own validation split)", "macro_f1"), ("calibration error", "ece"),
-                ("train / val images", None), ("wall time (s)", "wall_time_s")]
+            lines.append(f"| macro-F1 (own validation split) | {new.get('macro_f1')} | — |")
+        rows = [("calibration error (own validation split)", "ece"), ("train / val images", None), ("wall time (s)", "wall_time_s")]
         for name, key in rows:
             get = (lambda m: f"{m.get('train_size')} / {m.get('val_size')}") if key is None else (lambda m, k=key: m.get(k))
             lines.append(f"| {name} | {get(new)} | {get(old) if old else '—'} |")
         text = "\n".join(lines + [""] + data_health_lines(new.get("data_health")))
         return (text, plots.confusion_from_matrix(new.get("confusion_matrix", []), new.get("labels", []),
                                                   f"{version} on its validation images"),
-                plots.f1_comparison(new, old, version, other),
+                plots.f1_comparison(f1_new, f1_old, version, other, "on the same held-out images" if old else "own validation split"),
                 plots.loss_curves({version: new.get("loss_curve", []), **({other: old.get("loss_curve", [])} if old else {})}))
 
     def training_view(self, snap: dict | None = None):

@@ -62,6 +62,9 @@ def test_gate_refuses_a_worse_run_and_accepts_a_better_one(engine):
 
     compared = engine.compare_versions(worse["version"], better["version"])
     assert compared["images"] == better["compared_on"] and compared[worse["version"]] < compared[better["version"]]
+    f1 = {v: compared["scores"][v] for v in (worse["version"], better["version"])}  # F1 on the same images too
+    assert all(s["images"] == compared["images"] and s["per_class"] for s in f1.values())
+    assert f1[worse["version"]]["macro_f1"] < f1[better["version"]]["macro_f1"]
 
     engine.activate(worse["version"])  # "activate anyway"
     assert engine.active_version() == worse["version"] == engine.status()["active_version"]

@@ -10,23 +10,36 @@ from classifier.predict import Predictor
 from classifier.registry import LocalRegistry
 from training.data import Sample
 from training.evaluation import Decision, decide, set_digest, shared_evaluation_set
+from training.metrics import classification_metrics
 from training.run import embed_samples
 
 
 def accuracy_on(predictor: Predictor, samples: list[Sample], should_stop: Callable[[], bool] | None = None
                 ) -> tuple[float | None, int]:
-    """(top-1 accuracy 0–1, images scored) of ``predictor`` on ``samples``; features come from the embedding
-    cache where present, so re-scoring a head version costs only its linear layer. A label the version does
-    not know counts as wrong; undecodable images are left out of both figures."""
+    """(top-1 accuracy 0–1, images scored) of ``predictor`` on ``samples`` (see :func:`scores_on`)."""
+    scores = scores_on(predictor, samples, should_stop)
+    return scores["accuracy"], scores["images"]
+
+
+def scores_on(predictor: Predictor, samples: list[Sample], should_stop: Callable[[], bool] | None = None) -> dict:
+    """``{"accuracy", "images", "macro_f1", "per_class"}`` of ``predictor`` on ``samples`` (accuracy and F1 0–1,
+    ``per_class`` as in :func:`training.metrics.classification_metrics`). Features come from the embedding cache
+    where present, so re-scoring a head version costs only its linear layer. A label the version does not know
+    counts as wrong; undecodable images are left out of every figure."""
     feats, _ = embed_samples(predictor.embedder, samples, should_stop=should_stop)
     usable = [s for s in samples if s.sha256 in feats]
     if not usable:
-        return None, 0
+        return {"accuracy": None, "images": 0, "macro_f1": None, "per_class": {}}
     with torch.inference_mode():
         logits = predictor.fm.logits(torch.from_numpy(np.stack([feats[s.sha256] for s in usable])))
-    predicted = logits.argmax(-1).tolist()
-    correct = sum(predictor.labels[i] == s.label for i, s in zip(predicted, usable))
-    return correct / len(usable), len(usable)
+    labels = list(predictor.labels) + sorted({s.label for s in usable} - set(predictor.labels))
+    probs = np.zeros((len(usable), len(labels)), np.float32)
+    probs[:, :logits.shape[1]] = torch.softmax(logits.float(), -1).numpy()
+    truth = np.array([labels.index(s.label) for s in usable])
+    metrics = classification_metrics(truth, probs, labels)
+    per_class = {name: row for name, row in metrics["per_class"].items() if row["support"] or name in predictor.labels}
+    return {"accuracy": float((probs.argmax(1) == truth).mean()), "images": len(usable),
+            "macro_f1": metrics["macro_f1"], "per_class": per_class}
 
 
 class VersionScorer:
@@ -45,21 +58,26 @@ class VersionScorer:
 
     def score(self, version: str, samples: list[Sample]) -> tuple[float | None, int]:
         """(accuracy 0–1, images) of ``version`` on ``samples``; (None, 0) for no samples."""
+        scores = self.scores(version, samples)
+        return scores["accuracy"], scores["images"]
+
+    def scores(self, version: str, samples: list[Sample]) -> dict:
+        """:func:`scores_on` of ``version`` on ``samples``, recorded beside the version (once per set)."""
         if not samples:
-            return None, 0
+            return {"accuracy": None, "images": 0, "macro_f1": None, "per_class": {}}
         digest = set_digest(samples)
         cached = self.registry.score(version, digest)
-        if cached is None:
-            accuracy, images = accuracy_on(self.load(version), samples)
-            cached = {"accuracy": accuracy, "images": images}
+        if cached is None or "per_class" not in cached:  # scores recorded before F1 was
+            cached = scores_on(self.load(version), samples)
             self.registry.record_score(version, digest, cached)
-        return cached["accuracy"], cached["images"]
+        return cached
 
     def compare(self, first: str, second: str, samples: list[Sample]) -> dict:
-        """``{"images", first: accuracy, second: accuracy}`` on the images both held out."""
+        """``{"images", first: accuracy, second: accuracy, "scores": {version: scores}}`` on the images both held
+        out (``scores``: :func:`scores_on`, with macro-F1 and per-class F1 on those same images)."""
         shared = self.shared_set(samples, first, second)
-        (a, n), (b, _) = self.score(first, shared), self.score(second, shared)
-        return {"images": n, first: a, second: b}
+        a, b = self.scores(first, shared), self.scores(second, shared)
+        return {"images": a["images"], first: a["accuracy"], second: b["accuracy"], "scores": {first: a, second: b}}
 
     def gate(self, candidate: str, active: str | None, samples: list[Sample], tolerance: float) -> Decision:
         """Whether ``candidate`` may replace ``active`` by itself (see :func:`training.evaluation.decide`)."""

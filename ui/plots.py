@@ -97,8 +97,9 @@ def live_loss(losses: list[float]):
     return fig
 
 
-def f1_comparison(new: dict, old: dict | None, new_name: str, old_name: str | None):
-    """Per-class F1 of two versions' ``metrics.json`` side by side."""
+def f1_comparison(new: dict, old: dict | None, new_name: str, old_name: str | None, images: str = "validation"):
+    """Per-class F1 of two versions side by side (each a dict with ``per_class``: ``metrics.json`` or the scores on
+    the images both held out); ``images`` names which images, for the title."""
     classes = sorted(set(new.get("per_class", {})) | set((old or {}).get("per_class", {})))
     if not classes:
         return None
@@ -113,6 +114,6 @@ def f1_comparison(new: dict, old: dict | None, new_name: str, old_name: str | No
     ax.set_xticks(x, classes, rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("F1")
-    ax.set_title("Per-class F1 (validation)")
+    ax.set_title(f"Per-class F1 ({images})")
     ax.legend()
     return fig
