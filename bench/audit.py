@@ -6,12 +6,13 @@ Images come from parts of the Fashion-MNIST training split that no other section
 to a uniformly random other class. Review effort: a head version (``train_linear_head``, head defaults)
 trained on 1,000 clean images predicts 128 others. Labels saved: a pool of 2,000 and 2,000 held-out images
 (disjoint halves of a permutation of the test pool), starting from one label per class; each round labels
-the first 10 of ``review_order``, whose head is typical images of clusters no label covers while there are
-fewer than 4 labels per class, then the most doubtful images, one of each run of near repeats. Settings
-of :mod:`training.audit` (kNN weight, ridge, own-class factor of the confident joint, margin weight,
-duplicate threshold, the few-labels switch and the head's repeat similarity) were chosen on the validation
-pool with seeds ≥ 1000 (labels saved: a pool of 1,000 and 1,000 held out); the figures below use the test
-pool and seeds 0…N−1 only.
+the first 10 of ``review_order``, whose head, while there are fewer than 6 labels per class, is the images
+that cover the most others no label covers yet (cosine ≥ 0.88, ProbCover), then the most doubtful images,
+one of each run of near repeats. Settings of :mod:`training.audit` and :mod:`training.review_queue` (kNN
+weight, ridge, own-class factor of the confident joint, margin weight, duplicate threshold, the few-labels
+switch, the cover similarity and the head's repeat similarity) were chosen on the validation pool with seeds
+≥ 1000 (labels saved: a pool of 2,000 and 2,000 held out from training images 34,000–37,999, seeds
+1000–1019, in a table below); the figures below use the test pool and seeds 0…N−1 only.
 """
 from __future__ import annotations
 
@@ -24,9 +25,20 @@ import numpy as np
 from bench import audit_tasks as tasks
 from bench.report import Figure
 from training import audit
+from training import review_queue as audit_queue
 
 log = logging.getLogger(__name__)
 TEST_POOL, VALIDATION_POOL = (30_000, 4_000), (34_000, 2_000)
+LABELS_SAVED_VALIDATION_POOL = (34_000, 4_000)
+"""The validation pool and the next 2,000 training images (36,000–37,999, which no section uses), so that labels saved
+is validated at the test's sizes (a pool of 2,000, 2,000 held out): at 1,000 / 1,000 the earlier queue reached random
+order's 130-label accuracy with 80 labels, at 2,000 / 2,000 it needed 100 (seeds 1000–1019)."""
+LABELS_SAVED_VALIDATION_SEEDS = range(1000, 1020)
+LABELS_SAVED_VALIDATION_ORDERS = {"cover while < 4 labels per class": {"few_per_class": 4},
+                                  f"cover while < {audit_queue.FEW_LABELS_PER_CLASS} (the default)": {},
+                                  "random": None}
+"""The validation table's orders (keyword settings of ``review_order``; None: random). The other settings tried
+are listed at :data:`training.review_queue.FEW_LABELS_PER_CLASS`."""
 QUICK_TEST_POOL, QUICK_VALIDATION_POOL = (30_000, 1_200), (34_000, 500)
 """--quick: the first images of the same pools (same files, so their prepared features are shared)."""
 FULL_SEEDS = {"mislabels": 10, "session": 40, "review": 10, "labels_saved": 5, "duplicates": 10}
@@ -75,14 +87,27 @@ def _first_reaching(curve: dict, target: float) -> int | None:
     return next((n for n in sorted(curve) if curve[n] >= target - 1e-12), None)
 
 
-def _labels_saved_figure(rows: list[dict]) -> tuple[int | None, float, dict]:
-    """(labels the queue needs to reach random's 130-label accuracy (mean over seeds), that accuracy, mean curves)."""
+def _labels_saved_figure(rows: list[dict], queue: str = "queue") -> tuple[int | None, float, dict]:
+    """(labels the ``queue`` order needs to reach random's 130-label accuracy (mean over seeds), that accuracy, mean
+    curves by order)."""
     curves = {}
-    for order in ("queue", "random"):
+    for order in dict.fromkeys(r["order"] for r in rows):
         per_seed = [r["accuracy"] for r in rows if r["order"] == order]
         curves[order] = {n: statistics.fmean(c[n] for c in per_seed) for n in per_seed[0]}
     target = curves["random"][max(curves["random"])]
-    return _first_reaching(curves["queue"], target), target, curves
+    return _first_reaching(curves[queue], target), target, curves
+
+
+def _validation_labels_saved(bench) -> list[list]:
+    """Rows of the labels-saved validation table: order, labels needed, accuracy at 90 labels, random at 130."""
+    _, x, y, _ = pool(bench, "train", *LABELS_SAVED_VALIDATION_POOL)
+    rows = tasks.labels_saved(x, y, len(np.unique(y)), LABELS_SAVED_VALIDATION_SEEDS,
+                              orders=LABELS_SAVED_VALIDATION_ORDERS)
+    table = []
+    for name in LABELS_SAVED_VALIDATION_ORDERS:
+        needed, target, curves = _labels_saved_figure(rows, name)
+        table.append([name, needed if needed is not None else "> 130", f"{curves[name][90]:.4f}", f"{target:.4f}"])
+    return table
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -105,11 +130,14 @@ def run(bench) -> dict:
     log.info("audit: labels saved")
     saved_rows = tasks.labels_saved(x, y, classes, _seeds(bench, "labels_saved"), pool=2000 if not quick else 600)
     needed, random_acc, curves = _labels_saved_figure(saved_rows)
+    log.info("audit: labels saved on validation images")
+    saved_validation = [] if quick or bench.data_arg else _validation_labels_saved(bench)
     log.info("audit: duplicates")
     trials = tasks.duplicate_trials(samples, bench.prepared_features, _seeds(bench, "duplicates"))
     dup = tasks.duplicate_scores(trials, audit.DUPLICATE_SIMILARITY)
     speed = _speed(x, y, classes)
-    return _section(bench, mis, session, review, saved_rows, (needed, random_acc, curves), dup, sweep, speed)
+    return _section(bench, mis, session, review, saved_rows, (needed, random_acc, curves, saved_validation), dup, sweep,
+                    speed)
 
 
 def _section(bench, mis, session, review, saved_rows, saved, dup, sweep, speed) -> dict:
@@ -117,7 +145,7 @@ def _section(bench, mis, session, review, saved_rows, saved, dup, sweep, speed) 
     base_p = _mean(mis, "baseline_precision")
     caught = sum(r["in_top"] for r in session) / max(1, sum(r["flips"] for r in session))
     looked, random_looked = _mean(review, "looked_at"), _mean(review, "random_looked_at")
-    needed, random_acc, curves = saved
+    needed, random_acc, curves, saved_validation = saved
     speed_s = statistics.median(speed)
     n = mis[0]["n"]
     figures = [
@@ -152,6 +180,11 @@ def _section(bench, mis, session, review, saved_rows, saved, dup, sweep, speed) 
             "figures": figures,
             "tables": [{"title": "Labels saved: mean held-out accuracy by number of labels", "columns": ["labels", "queue", "random"],
                         "rows": curve_rows},
+                       *([{"title": f"Labels saved on validation images (not the test seeds): a pool of 2,000 and 2,000 held "
+                                 f"out from training images 34,000–37,999, seeds {LABELS_SAVED_VALIDATION_SEEDS.start}–"
+                                 f"{LABELS_SAVED_VALIDATION_SEEDS.stop - 1}, mean held-out accuracy",
+                        "columns": ["order", "labels to reach random's 130-label accuracy", "accuracy at 90 labels",
+                                    "random at 130"], "rows": saved_validation}] if saved_validation else []),
                        {"title": "Duplicate threshold sweep on validation images (not the test seeds)",
                         "columns": ["cosine threshold", "precision", "recall"],
                         "rows": [[s["threshold"], f"{s['precision']:.3f}", f"{s['recall']:.3f}"] for s in sweep]}],
@@ -161,4 +194,5 @@ def _section(bench, mis, session, review, saved_rows, saved, dup, sweep, speed) 
                       "issues for 50 flips on the validation seeds, because Fashion-MNIST's tops overlap."]
                      + (["--quick: fewer seeds and smaller sets; figures are not comparable to the targets."] if bench.quick else []),
             "details": {"mislabels": mis, "session": session, "review": review, "labels_saved": saved_rows,
-                        "duplicates": dup, "duplicate_sweep": sweep, "speed_s": speed}}
+                        "duplicates": dup, "duplicate_sweep": sweep, "speed_s": speed,
+                        "labels_saved_validation": saved_validation}}

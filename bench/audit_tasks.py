@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from training import audit
+from training import audit, review_queue
 
 
 def flip_labels(y: np.ndarray, count: int, classes: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +84,7 @@ def review_effort(x, y, classes: int, seeds, trained: int = 1000, batch: int = 1
         predict = fit_version(x[old], y[old], classes, seed)
         probs = predict(x[new])
         wrong = probs.argmax(1) != y[new]
-        queue, _, outlier = audit.review_order(probs, x[new], x[old], y[old], classes)
+        queue, _, outlier = review_queue.review_order(probs, x[new], x[old], y[old], classes)
         need = math.ceil(found * wrong.sum())
         position = int(np.flatnonzero(np.cumsum(wrong[queue]) >= need)[0]) + 1 if need else 0
         random_positions = [int(np.flatnonzero(np.cumsum(wrong[rng.permutation(batch)]) >= need)[0]) + 1
@@ -94,17 +94,20 @@ def review_effort(x, y, classes: int, seeds, trained: int = 1000, batch: int = 1
     return rows
 
 
-def labels_saved(x, y, classes: int, seeds, pool: int = 2000, start: int = 10, stop: int = 130, step: int = 10
-                 ) -> list[dict]:
-    """Per seed and order ('queue', 'random'): accuracy on held-out images after each ``step`` new labels, from
-    ``start`` (one per class) to ``stop``; the pool and the held-out images are disjoint halves of a permutation."""
+def labels_saved(x, y, classes: int, seeds, pool: int = 2000, start: int = 10, stop: int = 130, step: int = 10,
+                 orders: dict | None = None) -> list[dict]:
+    """Per seed and order: accuracy on held-out images after each ``step`` new labels, from ``start`` (one per
+    class) to ``stop``; the pool and the held-out images are disjoint halves of a permutation. ``orders``: name →
+    keyword settings of :func:`training.review_queue.review_order`, or None for random order (default: the
+    queue with its own settings, and random)."""
+    orders = {"queue": {}, "random": None} if orders is None else orders
     rows = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
         perm = rng.permutation(len(y))
         members, held_out = perm[:pool], perm[pool:2 * pool]
         first = np.array([rng.choice(members[y[members] == c]) for c in range(classes)])[:start]
-        for name in ("queue", "random"):
+        for name, settings in orders.items():
             labelled, curve = list(first), {}
             pick_rng = np.random.default_rng(seed + 7)
             while True:
@@ -113,10 +116,11 @@ def labels_saved(x, y, classes: int, seeds, pool: int = 2000, start: int = 10, s
                 if len(labelled) >= stop:
                     break
                 rest = np.setdiff1d(members, labelled)
-                if name == "random":
+                if settings is None:
                     chosen = pick_rng.choice(rest, step, replace=False)
                 else:
-                    queue, _, _ = audit.review_order(predict(x[rest]), x[rest], x[labelled], y[labelled], classes)
+                    queue, _, _ = review_queue.review_order(predict(x[rest]), x[rest], x[labelled], y[labelled], classes,
+                                                            **settings)
                     chosen = rest[queue[:step]]
                 labelled += chosen.tolist()
             rows.append({"seed": seed, "order": name, "accuracy": curve})

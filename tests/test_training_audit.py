@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from training import audit
+from training import audit, review_queue
 
 
 def clustered(per_class: int = 60, classes: int = 4, dims: int = 64, seed: int = 0):
@@ -37,9 +37,9 @@ def test_review_order_puts_outliers_and_doubtful_predictions_first_and_cold_star
     new[0][:3] = 5.0  # unlike anything labelled
     probs = np.tile(np.array([0.97, 0.01, 0.01, 0.01], np.float32), (len(new), 1))
     probs[7] = [0.40, 0.38, 0.11, 0.11]
-    order, wrongness, outlier = audit.review_order(probs, new, x, y, 4)
+    order, wrongness, outlier = review_queue.review_order(probs, new, x, y, 4)
     assert outlier[0] and order[0] == 0 and order[1] == 7
-    cold, _, _ = audit.review_order(None, new, x[:3], y[:3], 4)
+    cold, _, _ = review_queue.review_order(None, new, x[:3], y[:3], 4)
     first_four = {int(i) // 5 for i in cold[:4] if i != 0}
     assert len(first_four) >= 3  # typical examples of different clusters first
 
@@ -54,10 +54,24 @@ def test_the_head_of_the_review_queue_shows_one_of_a_run_of_near_repeats():
     probs = np.tile(np.array([0.97, 0.01, 0.01, 0.01], np.float32), (len(new), 1))
     probs[repeats] = [0.40, 0.38, 0.11, 0.11]  # the most doubtful predictions are all the same image
     probs[[0, 25, 35]] = [0.60, 0.30, 0.05, 0.05]  # less doubtful, each different
-    order, wrongness, _ = audit.review_order(probs, new, x, y, 4)
+    order, wrongness, _ = review_queue.review_order(probs, new, x, y, 4)
     assert sorted(order) == list(range(len(new)))
     assert np.isin(order[:10], repeats).sum() == 1 and set(order[1:4]) == {0, 25, 35}
     assert set(order[10:19]) | {order[0]} == set(repeats)  # the passed-over repeats come right after the head
+
+
+def test_with_few_labels_the_head_of_the_queue_covers_the_largest_groups_no_label_covers_yet():
+    rng = np.random.default_rng(2)
+    centres = np.abs(rng.normal(0, 1, (4, 32)))
+    sizes = [30, 20, 10, 5]  # group 0 is the one the labels cover
+    group = np.repeat(np.arange(4), sizes)
+    new = (centres[group] + rng.normal(0, 0.05, (len(group), 32))).astype(np.float32)
+    x = (centres[[0, 0, 0]] + rng.normal(0, 0.05, (3, 32))).astype(np.float32)
+    probs = np.tile(np.array([0.55, 0.45], np.float32), (len(new), 1))
+    probs[group == 0] = [0.51, 0.49]  # the covered group is the most doubtful: the head passes it over anyway
+    order, _, _ = review_queue.review_order(probs, new, x, np.zeros(3, np.int64), 2)
+    assert sorted(order) == list(range(len(new)))
+    assert list(group[order[:3]]) == [1, 2, 3] and group[order[3]] == 0
 
 
 def test_every_version_carries_a_data_health_card_with_the_change_since_the_previous(settings, dataset_dir):

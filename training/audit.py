@@ -1,5 +1,5 @@
-"""The data audit, in numpy on cached backbone embeddings: which labels look wrong, which images are
-near-duplicates or unlike the rest, and in which order a person should review new predictions.
+"""The data audit, in numpy on cached backbone embeddings: which labels look wrong and which images are
+near-duplicates or unlike the rest (the order in which to review new predictions is :mod:`training.review_queue`).
 
 Everything here is a pure function of arrays (embeddings ``x`` of shape (n, d), integer labels ``y``):
 no database, no files, no torch. The formulas are those of confident learning (Northcutt et al., 2021;
@@ -28,9 +28,6 @@ KNN_WEIGHT = 0.5
 """Share of the kNN vote in the combined probabilities (the rest is the out-of-fold head). On the validation
 seeds, 0.3 / 0.5 / 0.7 gave a flagged-list precision of 0.68 / 0.65 / 0.59 at recall 0.79 / 0.82 / 0.85 on
 1,000 images, and 0.3 / 0.5 found 56 % / 73 % of the flips in a 128-image session's top 10: 0.5 serves both."""
-MARGIN_WEIGHT = 0.7
-"""Share of the low top-1/top-2 margin in a new prediction's wrongness (the rest: neighbours that disagree); 1 / 0.7 /
-0.5 / 0.3 on the validation seeds: 90 % of the wrong predictions found after 44.5 / 40.3 / 41.6 / 43.3 % of a batch."""
 PCA_DIMS = 128
 """Embeddings are projected on their first principal components before the head is fitted (speed)."""
 ROWS_PER_DIM = 8
@@ -46,22 +43,6 @@ RIDGE = 0.1
 seeds: out-of-fold accuracy 0.78 / 0.82 / 0.82)."""
 OWN_CLASS_FACTOR = 0.5
 """See :func:`confident_joint_issues`."""
-HEAD_SIZE = 10
-"""Positions at the top of a review queue that are kept apart from each other (see :func:`spread_head`): one
-session's worth of looking, or of labels added before the next refit."""
-HEAD_SIMILARITY = 0.85
-"""Cosine similarity (0–1) at or above which a candidate for the head is a repeat of an image already there (on
-Fashion-MNIST features a random pair sits near 0.63 and an image's nearest neighbour near 0.88). Validation pool,
-spread alone (no few-labels switch): accuracy at 90 labels 0.7610 at 0.85, 0.7595 at 0.80, 0.7574 without; review
-effort (1,000 labels, 128 new, seeds 1000–1009) 0.428 of the batch with or without it."""
-FEW_LABELS_PER_CLASS = 4
-"""Below this many labels per class (on average) the head of the queue is typical images of clusters that no
-label covers yet (see :func:`uncovered_typical`), the rest most likely wrong first. Labels saved on the validation
-pool (1,000 images, 1,000 held out, seeds 1000–1009, labels added 10 at a time): held-out accuracy at 90 labels
-0.7574 with wrongness alone; with this switch at 3 / 4 / 6 and the head spread after it, 0.7697 / 0.7699 /
-0.7583 (at 4 without the spread 0.7681; kept up to 130 labels 0.7549); random order reached 0.7550 with 130."""
-TYPICALITY_NEIGHBOURS = 20
-"""k of an image's typicality: its mean cosine similarity to its k nearest other new images."""
 STEPS = 60
 BLAS_THREADS = 1
 """BLAS threads for the audit's matrix products: one is immune to the spin-waiting that makes multithreaded
@@ -278,122 +259,3 @@ def _audit_labels(x, y, classes, shas, seed, duplicate_similarity) -> LabelAudit
     return LabelAudit(oof, probs, score, others.argmax(1), estimated, flagged,
                       duplicate_sets(shas or [str(i) for i in range(len(y))], pairs), distance,
                       far[np.argsort(-distance[far])], fence)
-
-
-def review_order(probs: np.ndarray | None, x_new: np.ndarray, x_labelled: np.ndarray, y_labelled: np.ndarray,
-                 classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Order in which to review new images: returns (order (n,), wrongness 0–1 (n,), outlier flags (n,)).
-
-    With a model (``probs`` (n, classes)) and at least 2 labels per class: outliers first, then most likely
-    wrong first (low top-1/top-2 margin and kNN neighbours that disagree with the prediction). With a model
-    but too few labels for neighbour votes (one trained on data this store does not hold): lowest margin
-    first. Without a model (cold start): typical examples of each cluster first, one cluster after another,
-    so the first labels teach the most. The first :data:`HEAD_SIZE` places are chosen for spread (see
-    :func:`_head_first`): while there are fewer than :data:`FEW_LABELS_PER_CLASS` labels per class, typical
-    images of clusters no label covers yet; after that, the most doubtful images but one of each run of near
-    repeats.
-    """
-    with threadpool_limits(BLAS_THREADS):
-        return _review_order(probs, x_new, x_labelled, y_labelled, classes)
-
-
-def _review_order(probs, x_new, x_labelled, y_labelled, classes):
-    unit_new = normalise(x_new)
-    counts = np.bincount(np.asarray(y_labelled, dtype=np.int64), minlength=classes) if len(y_labelled) else np.zeros(classes)
-    if probs is None:
-        order = typical_first(unit_new, max(classes, 2))
-        return order, np.zeros(len(x_new)), np.zeros(len(x_new), bool)
-    top2 = np.sort(probs, axis=1)[:, -2:]
-    margin = top2[:, 1] - top2[:, 0]
-    if len(y_labelled) == 0 or counts.min() < 2:
-        order = _head_first(np.argsort(margin, kind="stable"), unit_new, x_labelled, classes)
-        return order, 1 - margin, np.zeros(len(x_new), bool)
-    unit_old = normalise(x_labelled)
-    idx, sims, _ = neighbours(unit_new, unit_old)
-    vote = knn_vote(idx, sims, np.asarray(y_labelled, dtype=np.int64), classes)
-    predicted = probs.argmax(1)
-    wrongness = MARGIN_WEIGHT * (1 - margin) + (1 - MARGIN_WEIGHT) * (1 - vote[np.arange(len(probs)), predicted])
-    _, own_sims, _ = neighbours(unit_old)
-    fence = outlier_fence(1.0 - own_sims.mean(1)) if own_sims.shape[1] else float("inf")
-    outlier = (1.0 - sims.mean(1)) > fence
-    order = _head_first(np.lexsort((-wrongness, ~outlier)), unit_new, x_labelled, classes)
-    return order, wrongness, outlier
-
-
-def _head_first(order: np.ndarray, unit_new: np.ndarray, x_labelled: np.ndarray, classes: int) -> np.ndarray:
-    """``order`` with its head chosen for spread: typical images of uncovered clusters while labels are few
-    (low-budget active learning: TypiClust, Hacohen et al. 2022), else one of each run of near repeats."""
-    if not 0 < len(x_labelled) < FEW_LABELS_PER_CLASS * classes:
-        return spread_head(order, unit_new)
-    head = uncovered_typical(unit_new, normalise(x_labelled))
-    rest = np.ones(len(order), bool)
-    rest[head] = False
-    return np.concatenate([head, order[rest[order]]])
-
-
-def uncovered_typical(unit_new: np.ndarray, unit_labelled: np.ndarray, size: int = HEAD_SIZE) -> np.ndarray:
-    """Up to ``size`` new rows: k-means of new and labelled rows together into (labelled + size) clusters; from
-    each cluster without a labelled row, largest first, its most typical new row."""
-    n = len(unit_new)
-    assign, _ = kmeans(np.vstack([unit_new, unit_labelled]), len(unit_labelled) + size)
-    k = int(assign.max()) + 1
-    covered = np.zeros(k, bool)
-    covered[assign[n:]] = True
-    sizes = np.bincount(assign[:n], minlength=k)
-    _, sims, _ = neighbours(unit_new, k=TYPICALITY_NEIGHBOURS)
-    typicality = sims.mean(1) if sims.shape[1] else np.zeros(n, np.float32)
-    head = [int(members[np.argmax(typicality[members])]) for c in np.argsort(-sizes, kind="stable")
-            if not covered[c] and len(members := np.flatnonzero(assign[:n] == c))]
-    return np.array(head[:size], np.int64)
-
-
-def spread_head(order: np.ndarray, unit: np.ndarray, size: int = HEAD_SIZE, similarity: float = HEAD_SIMILARITY
-                ) -> np.ndarray:
-    """``order`` with its first ``size`` places taken, in that order, by rows less similar than ``similarity``
-    (cosine, on unit rows) to every row taken before; the rows passed over follow in their own order.
-
-    The most doubtful images often come in near-identical runs (the same confusion, photographed alike): a
-    label on the first teaches what its repeats would, so the head shows one of each.
-    """
-    closest = np.full(len(order), -np.inf, np.float32)
-    head: list[int] = []
-    for i in order:
-        if len(head) >= size:
-            break
-        if closest[i] < similarity:
-            head.append(int(i))
-            closest = np.maximum(closest, unit @ unit[i])
-    taken = np.zeros(len(order), bool)
-    taken[head] = True
-    return np.concatenate([np.array(head, np.int64), order[~taken[order]]])
-
-
-def kmeans(unit: np.ndarray, clusters: int, seed: int = 0, iterations: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """(cluster of each row (n,), cosine similarity of each row to each centre (n, k)): spherical k-means with
-    k-means++ seeding, ``k ≤ clusters``."""
-    n = len(unit)
-    k = int(max(1, min(clusters, n)))
-    rng = np.random.default_rng(seed)
-    centres = unit[[rng.integers(n)]]
-    for _ in range(1, k):  # k-means++ seeding
-        dist = np.clip(1 - (unit @ centres.T).max(1), 0, None)
-        centres = np.vstack([centres, unit[rng.choice(n, p=dist / dist.sum()) if dist.sum() > 0 else rng.integers(n)]])
-    for _ in range(iterations):
-        assign = (unit @ centres.T).argmax(1)
-        centres = np.stack([normalise(unit[assign == c].mean(0, keepdims=True))[0] if (assign == c).any() else centres[c]
-                            for c in range(k)])
-    sims = unit @ centres.T
-    return sims.argmax(1), sims
-
-
-def typical_first(unit: np.ndarray, clusters: int, seed: int = 0, iterations: int = 20) -> np.ndarray:
-    """Row order: k-means clusters in turn (largest first), each cluster's rows nearest its centre first."""
-    n = len(unit)
-    k = int(min(clusters, n))
-    if k <= 1:
-        return np.arange(n)
-    assign, sims = kmeans(unit, k, seed, iterations)
-    queues = [sorted(np.flatnonzero(assign == c), key=lambda i: -sims[i, c]) for c in range(k)]
-    queues = [q for q in sorted(queues, key=len, reverse=True) if q]
-    order = [q[r] for r in range(max(map(len, queues))) for q in queues if r < len(q)]
-    return np.array(order, dtype=np.int64)

@@ -1,7 +1,8 @@
 """The audit applied to the platform's data: the labelled set (dataset folder + human labels, minus what a
 person removed), its cached embeddings, the flagged rows, and the review order of a predicted batch.
 
-Called by :class:`engine.Engine` (``audit``, ``review_queue``); the arithmetic is :mod:`training.audit`.
+Called by :class:`engine.Engine` (``audit``, ``review_queue``); the arithmetic is :mod:`training.audit` and
+:mod:`training.review_queue`.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training import audit
+from training import audit, review_queue
 from training.data import Sample
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def queue_for(results: list[dict], feats: dict[str, np.ndarray], labelled: Label
     y_old = np.array([index[s.label] for s in reference], dtype=np.int64)
     probs = _probs(rows, index) if all(r.get("label") for r in rows) else None
     classes = max(len(names), 2)
-    order, _, outlier = audit.review_order(probs, x_new, x_old, y_old, classes)
+    order, _, outlier = review_queue.review_order(probs, x_new, x_old, y_old, classes)
     badges = _badges(rows, x_new, x_old, y_old, reference, names, outlier)
     return {rows[i]["sha256"]: {"rank": rank, "badges": badges[i]} for rank, i in enumerate(order, 1)}
 
