@@ -24,7 +24,7 @@ class Predictor:
         self.version = version
         self.fm = feature_model
         self.labels = class_names(feature_model)
-        cache = EmbeddingCache(cache_root, feature_model.cache_key) if cache_root else None
+        cache = EmbeddingCache.open(cache_root, feature_model.cache_key) if cache_root else None
         self.embedder = Embedder(feature_model, cache, max_pixels)
 
     @property

@@ -29,6 +29,7 @@ class PredictionPriority:
         self._turn = threading.Lock()
         self._cond = threading.Condition()
         self._in_flight = 0
+        self._last_end = float("-inf")
 
     @contextmanager
     def turn(self) -> Iterator[None]:
@@ -41,6 +42,7 @@ class PredictionPriority:
         finally:
             with self._cond:
                 self._in_flight -= 1
+                self._last_end = time.monotonic()
                 self._cond.notify_all()
 
     def in_flight(self) -> int:
@@ -53,15 +55,27 @@ class PredictionPriority:
         seconds waited."""
         return self.wait_until_idle(max_wait_s)
 
-    def wait_until_idle(self, max_wait_s: float = MAX_TRAINING_PAUSE_S) -> float:
-        """Block while predictions are in flight (at most ``max_wait_s``); returns the seconds waited. Other
-        background work (the upload recorder) pauses here without counting as training."""
+    def wait_until_idle(self, max_wait_s: float = MAX_TRAINING_PAUSE_S, quiet_s: float = 0.0) -> float:
+        """Block while predictions are in flight, or until ``quiet_s`` seconds have passed since the last one
+        ended (at most ``max_wait_s`` in all); returns the seconds waited. Other background work (the upload
+        recorder) pauses here without counting as training; its ``quiet_s`` leaves the cores to the answer's
+        delivery and the page's follow-up requests (thumbnails, charts)."""
+        started = time.monotonic()
+        deadline = started + max_wait_s
         with self._cond:
-            if not self._in_flight:
+            if not self._in_flight and started >= self._last_end + quiet_s:
                 return 0.0
-            started = time.monotonic()
-            self._cond.wait_for(lambda: not self._in_flight, max_wait_s)
-            return time.monotonic() - started
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                if self._in_flight:
+                    self._cond.wait(deadline - now)
+                elif now < self._last_end + quiet_s:
+                    self._cond.wait(min(deadline, self._last_end + quiet_s) - now)
+                else:
+                    break
+        return time.monotonic() - started
 
 
 PREDICTIONS = PredictionPriority()

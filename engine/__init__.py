@@ -27,6 +27,9 @@ __all__ = ["Engine", "TrainingBusy", "on_gpu_when_available", "replay_journal"]
 log = logging.getLogger(__name__)
 RECORDER_MAX_PAUSE_S = 5.0
 """Longest the upload recorder waits for in-flight predictions before writing its next chunk (seconds)."""
+RECORDER_QUIET_S = 0.5
+"""The recorder also waits until this long after the last prediction ended (seconds): the recorder and the
+embedded database are Python threads, and writing while the answer is delivered holds the GIL against it."""
 Progress = Callable[[float, str], None]
 
 
@@ -53,7 +56,7 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
         self._train = on_gpu_when_available(train_version)
         self._store = None
         self._store_lock = threading.Lock()
-        self.recorder = UploadRecorder(self.store, pause=lambda: PREDICTIONS.wait_until_idle(RECORDER_MAX_PAUSE_S))
+        self.recorder = UploadRecorder(self.store, pause=lambda: PREDICTIONS.wait_until_idle(RECORDER_MAX_PAUSE_S, RECORDER_QUIET_S))
         """Writes uploaded images and batch records after the prediction has answered (see labeling/recorder.py)."""
         self.store_error: str | None = None
         self.thumbs_dir = settings.data_dir / "thumbs"
@@ -150,12 +153,14 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
                 for r in results:
                     state = states.get(r["sha256"]) or {}
                     r.update(human_label=state.get("label"), label_revision=state.get("revision", 0))
+                if rank:  # before the recorder starts: its writes would share the GIL with the ranking
+                    self._rank(results, images)
                 batch_id = new_batch_id()
                 self.recorder.submit(batch_id, [i for i in images if i.sha256 in good], results)
             except PlatformError as exc:
                 store_error = f"Predictions were not recorded: {exc}"
                 log.warning("%s", store_error)
-        if rank and results:
+        if rank and results and batch_id is None:
             self._rank(results, images)
         return {"results": results, "errors": errors, "batch_id": batch_id,
                 "model_version": predictor.version if predictor else None, "store_error": store_error}

@@ -167,7 +167,7 @@ class _Sink:
 
     def __init__(self, writer: PartWriter, job: BulkJob, source: Source, settings: Settings, predictor: Predictor):
         self.writer, self.job, self.source, self.settings = writer, job, source, settings
-        self.cache = EmbeddingCache(settings.embeddings_dir, predictor.fm.cache_key) if job.fill_cache else None
+        self.cache = EmbeddingCache.open(settings.embeddings_dir, predictor.fm.cache_key) if job.fill_cache else None
         self.rows: list[dict] = []
         self.embeddings: dict[str, np.ndarray] = {}
         self.scored = self.errors = 0

@@ -66,3 +66,19 @@ def test_concurrent_requests_each_get_their_own_rows(settings, tmp_path):
     for paths, answer in zip(batches, answers):
         assert [r["file"] for r in answer["results"]] == [p.name for p in paths]
     assert len({a["batch_id"] for a in answers}) == 4
+
+
+def test_background_work_also_waits_out_a_quiet_period_after_the_last_prediction():
+    """The recorder's pause: not before ``quiet_s`` after the last prediction ended, and never beyond ``max_wait_s``."""
+    import time
+    from classifier.priority import PredictionPriority
+    priority = PredictionPriority()
+    assert priority.wait_until_idle(5.0, quiet_s=0.3) == 0.0  # no prediction yet: nothing to wait for
+    with priority.turn():
+        pass
+    ended = time.monotonic()
+    priority.wait_until_idle(5.0, quiet_s=0.3)
+    assert time.monotonic() - ended >= 0.3
+    with priority.turn():
+        pass
+    assert priority.wait_until_idle(0.05, quiet_s=10.0) < 1.0  # the cap holds

@@ -86,7 +86,7 @@ def health_for_run(samples: list[Sample], config, settings, registry) -> dict:
         from training.run import _backbone, head_resolution
         backbone = resolve_backbone(config.backbone or settings.backbone, settings.backbones_dir)
         fm = _backbone(backbone, head_resolution(config, backbone) if config.mode == "head" else config.resolution)
-        feats = EmbeddingCache(settings.embeddings_dir, fm.cache_key).get_many([s.sha256 for s in samples])
+        feats = EmbeddingCache.open(settings.embeddings_dir, fm.cache_key).get_many([s.sha256 for s in samples])
         versions = registry.versions()
         previous = versions[-1].metrics().get("data_health") if versions else None
         return data_health(samples, feats, previous, versions[-1].version if versions else None)

@@ -49,7 +49,7 @@ def embedder_for(settings):
     from training.run import _backbone, head_resolution
     backbone = resolve_backbone(settings.backbone, settings.backbones_dir)
     fm = _backbone(backbone, head_resolution(TrainConfig(), backbone))
-    return Embedder(fm, EmbeddingCache(settings.embeddings_dir, fm.cache_key), settings.max_image_pixels)
+    return Embedder(fm, EmbeddingCache.open(settings.embeddings_dir, fm.cache_key), settings.max_image_pixels)
 
 
 def audit_set(labelled: LabelledSet, feats: dict[str, np.ndarray]) -> dict:

@@ -217,7 +217,7 @@ def summary(metrics: dict) -> dict:
 
 def _embedded_split(samples, config, settings, report, fm, should_stop):
     """Embed through the cache, drop undecodable images, split; shared by head and finetune."""
-    embedder = Embedder(fm, EmbeddingCache(settings.embeddings_dir, fm.cache_key), settings.max_image_pixels)
+    embedder = Embedder(fm, EmbeddingCache.open(settings.embeddings_dir, fm.cache_key), settings.max_image_pixels)
     report(ProgressEvent(0.05, f"embedding {len(samples)} images (cached ones are reused)"))
     feats, _ = embed_samples(embedder, samples, part_of(report, 0.05, 0.45), should_stop)
     stop_if_asked(should_stop)
@@ -328,7 +328,7 @@ def _save_and_evaluate(model, processor, staged, parts, labels, index, settings,
     model.save_pretrained(staged)
     processor.save_pretrained(staged)
     fm = FeatureModel(model, processor, f"w{weights_digest(model.base_model)}")
-    embedder = Embedder(fm, EmbeddingCache(settings.embeddings_dir, fm.cache_key), settings.max_image_pixels)
+    embedder = Embedder(fm, EmbeddingCache.open(settings.embeddings_dir, fm.cache_key), settings.max_image_pixels)
     feats, errors = embed_samples(embedder, parts.val)
     val_ok = [s for s in parts.val if s.sha256 in feats]
     if not val_ok:  # tiny data: no validation split, so report on the training images (labelled as such)
