@@ -34,6 +34,9 @@ Sections (run order; --only takes these names):
               needs requirements-scale.txt)
   resolution  head mode's default input resolution: head versions at 224/192/160/128 px judged on validation
               images of the train pool, and bfloat16 vs float32 there (only with --only resolution)
+  queue_validation
+              the review queue's labels-saved figure on validation images for the settings compared when they
+              were chosen (only with --only queue_validation: about 10 minutes)
 """
 from __future__ import annotations
 
@@ -53,11 +56,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 ORDER = ("inference", "embedding", "accuracy", "retrain", "scratch", "app", "cold_start", "live", "audit", "levers", "best",
-         "scale", "resolution")
-OPTIONAL = ("levers", "best", "scale", "resolution")
+         "scale", "resolution", "queue_validation")
+OPTIONAL = ("levers", "best", "scale", "resolution", "queue_validation")
 """Not run by default (they would not fit the default run's ten minutes): add --levers, or name with --only."""
 REPORT_ORDER = ("inference", "retrain", "embedding", "accuracy", "best", "scratch", "app", "cold_start", "live", "audit",
-                "levers", "scale", "resolution")
+                "levers", "scale", "resolution", "queue_validation")
 BENCH_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
 
@@ -101,7 +104,7 @@ def _modules():
     return {"audit": audit.run, "inference": inference.run_batch, "embedding": inference.run_first_embedding, "accuracy": accuracy.run,
             "retrain": retrain.run, "scratch": scratch.run, "app": app_load.run_load, "cold_start": app_load.run_cold_start,
             "live": app_live.run, "levers": levers.run, "best": best.run, "scale": scale_out.run,
-            "resolution": resolution.run}
+            "resolution": resolution.run, "queue_validation": audit.run_queue_validation}
 
 
 def _destination(args) -> tuple[Path, str | None]:
