@@ -12,6 +12,7 @@ import time
 
 import gradio as gr
 import pandas as pd
+from starlette.middleware import Middleware
 
 from classifier.images import list_image_files
 from engine import Engine, TrainingBusy
@@ -19,6 +20,7 @@ from settings import PlatformError, Settings, get_settings
 from training.checkpoint import data_health_lines
 from training.config import TrainConfig
 from ui import auth, plots, review, views
+from ui.activity import UploadActivity
 from ui.api import register_api
 from ui.errors import user_errors
 from ui.issues import build_issues_tab
@@ -439,7 +441,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share,
                     max_file_size=f"{max(settings.max_upload_mb, settings.max_archive_mb)}mb", allowed_paths=[str(engine.thumbs_dir)],
-                    show_error=True)
+                    show_error=True, app_kwargs={"middleware": [Middleware(UploadActivity, engine=engine)]})
     finally:
         engine.close()
 

@@ -9,7 +9,9 @@ training took 2.3× its idle time). :data:`PREDICTIONS` is the one process-wide 
 * ``PREDICTIONS.yield_to_predictions()`` between training steps (``training/trainer.py``'s callback and
   ``training/head.py``'s loop) — the step waits while a prediction is in flight or queued, up to
   ``max_wait_s``, so training cannot be starved by a stream of requests;
-* ``PREDICTIONS.wait_until_idle()`` between chunks of the upload recorder's store writes, likewise.
+* ``PREDICTIONS.wait_until_idle()`` between chunks of the upload recorder's store writes, likewise;
+* ``with PREDICTIONS.receiving():`` around an upload the server is receiving (the app's upload routes), which
+  background work waits for too.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class PredictionPriority:
         self._turn = threading.Lock()
         self._cond = threading.Condition()
         self._in_flight = 0
+        self._receiving = 0
         self._last_end = float("-inf")
 
     @contextmanager
@@ -44,6 +47,25 @@ class PredictionPriority:
                 self._in_flight -= 1
                 self._last_end = time.monotonic()
                 self._cond.notify_all()
+
+    @contextmanager
+    def receiving(self) -> Iterator[None]:
+        """Mark an upload being received (no turn is taken: uploads run alongside); background work waits for
+        it as for a prediction, since the upload is the first half of a request a person waits for."""
+        with self._cond:
+            self._receiving += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._receiving -= 1
+                self._last_end = time.monotonic()
+                self._cond.notify_all()
+
+    def busy(self) -> bool:
+        """Whether a prediction is in flight or queued, or an upload is being received."""
+        with self._cond:
+            return bool(self._in_flight or self._receiving)
 
     def in_flight(self) -> int:
         """Predictions running or queued now."""
@@ -63,13 +85,13 @@ class PredictionPriority:
         started = time.monotonic()
         deadline = started + max_wait_s
         with self._cond:
-            if not self._in_flight and started >= self._last_end + quiet_s:
+            if not (self._in_flight or self._receiving) and started >= self._last_end + quiet_s:
                 return 0.0
             while True:
                 now = time.monotonic()
                 if now >= deadline:
                     break
-                if self._in_flight:
+                if self._in_flight or self._receiving:
                     self._cond.wait(deadline - now)
                 elif now < self._last_end + quiet_s:
                     self._cond.wait(min(deadline, self._last_end + quiet_s) - now)

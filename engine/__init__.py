@@ -113,6 +113,11 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
                 self._store = None
 
     # --- prediction ------------------------------------------------------------------------------
+    def receiving(self):
+        """Context manager around receiving an upload (the app's upload routes): the upload recorder and training
+        steps wait while one is received, as they do for predictions (:mod:`classifier.priority`)."""
+        return PREDICTIONS.receiving()
+
     def predict(self, sources, progress: Progress | None = None, thumbnails: bool = False, record: bool = True,
                 version: str | None = None, max_batch: int | None = None, top_k: int = 3, rank: bool = False) -> dict:
         """Predict uploaded files (paths, bytes, .zip archives); records images and predictions in the store.

@@ -82,3 +82,20 @@ def test_background_work_also_waits_out_a_quiet_period_after_the_last_prediction
     with priority.turn():
         pass
     assert priority.wait_until_idle(0.05, quiet_s=10.0) < 1.0  # the cap holds
+
+
+def test_the_app_marks_uploads_being_received_so_background_work_waits():
+    """ui.activity.UploadActivity wraps the upload routes (and only them) in the engine's ``receiving()``."""
+    import asyncio
+    from types import SimpleNamespace
+    from classifier.priority import PredictionPriority
+    from ui.activity import UploadActivity
+    priority, seen = PredictionPriority(), {}
+
+    async def inner(scope, receive, send):
+        seen[scope["path"]] = priority.busy()
+    middleware = UploadActivity(inner, engine=SimpleNamespace(receiving=priority.receiving))
+    for path in ("/gradio_api/upload", "/gradio_api/queue/join"):
+        asyncio.run(middleware({"type": "http", "path": path}, None, None))
+    assert seen == {"/gradio_api/upload": True, "/gradio_api/queue/join": False}
+    assert not priority.busy()
