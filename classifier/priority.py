@@ -37,35 +37,34 @@ class PredictionPriority:
     @contextmanager
     def turn(self) -> Iterator[None]:
         """Hold the cores for one prediction; queued callers run one after another."""
-        with self._cond:
-            self._in_flight += 1
-        try:
-            with self._turn:
-                yield
-        finally:
-            with self._cond:
-                self._in_flight -= 1
-                self._last_end = time.monotonic()
-                self._cond.notify_all()
+        with self._counted("_in_flight"), self._turn:
+            yield
+
+    def receiving(self):
+        """Context manager marking an upload being received (no turn is taken: uploads run alongside); background
+        work waits for it as for a prediction, since the upload is the first half of a request a person waits for."""
+        return self._counted("_receiving")
 
     @contextmanager
-    def receiving(self) -> Iterator[None]:
-        """Mark an upload being received (no turn is taken: uploads run alongside); background work waits for
-        it as for a prediction, since the upload is the first half of a request a person waits for."""
+    def _counted(self, counter: str) -> Iterator[None]:
+        """Count one piece of interactive work in ``counter`` while it runs; its end starts the quiet period."""
         with self._cond:
-            self._receiving += 1
+            setattr(self, counter, getattr(self, counter) + 1)
         try:
             yield
         finally:
             with self._cond:
-                self._receiving -= 1
+                setattr(self, counter, getattr(self, counter) - 1)
                 self._last_end = time.monotonic()
                 self._cond.notify_all()
+
+    def _busy(self) -> bool:  # under self._cond
+        return bool(self._in_flight or self._receiving)
 
     def busy(self) -> bool:
         """Whether a prediction is in flight or queued, or an upload is being received."""
         with self._cond:
-            return bool(self._in_flight or self._receiving)
+            return self._busy()
 
     def in_flight(self) -> int:
         """Predictions running or queued now."""
@@ -85,13 +84,13 @@ class PredictionPriority:
         started = time.monotonic()
         deadline = started + max_wait_s
         with self._cond:
-            if not (self._in_flight or self._receiving) and started >= self._last_end + quiet_s:
+            if not self._busy() and started >= self._last_end + quiet_s:
                 return 0.0
             while True:
                 now = time.monotonic()
                 if now >= deadline:
                     break
-                if self._in_flight or self._receiving:
+                if self._busy():
                     self._cond.wait(deadline - now)
                 elif now < self._last_end + quiet_s:
                     self._cond.wait(min(deadline, self._last_end + quiet_s) - now)
