@@ -144,6 +144,8 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
             by_sha = {i.sha256: i for i in images}
             for r in results:
                 r["thumbnail"] = str(save_thumbnail(by_sha[r["sha256"]], self.thumbs_dir, self.settings.max_image_pixels))
+        if rank and results:  # before the recorder starts: its writes would share the GIL with the ranking
+            self._rank(results, images)
         batch_id, store_error = None, None
         if record:  # the store is asked for each image's human label (None: unknown until it answers)
             for r in results:
@@ -158,15 +160,11 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
                 for r in results:
                     state = states.get(r["sha256"]) or {}
                     r.update(human_label=state.get("label"), label_revision=state.get("revision", 0))
-                if rank:  # before the recorder starts: its writes would share the GIL with the ranking
-                    self._rank(results, images)
                 batch_id = new_batch_id()
                 self.recorder.submit(batch_id, [i for i in images if i.sha256 in good], results)
             except PlatformError as exc:
                 store_error = f"Predictions were not recorded: {exc}"
                 log.warning("%s", store_error)
-        if rank and results and batch_id is None:
-            self._rank(results, images)
         return {"results": results, "errors": errors, "batch_id": batch_id,
                 "model_version": predictor.version if predictor else None, "store_error": store_error}
 
