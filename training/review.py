@@ -44,12 +44,10 @@ def embedder_for(settings):
     """An Embedder on the base backbone (bundled or ``BACKBONE``) through the platform's embedding cache, at the
     resolution head versions use, so an image a head version predicted is not embedded a second time."""
     from classifier.backbone import resolve_backbone
-    from classifier.embeddings import Embedder, EmbeddingCache
     from training.config import TrainConfig
-    from training.run import _backbone, head_resolution
+    from training.run import _backbone, cached_embedder, head_resolution
     backbone = resolve_backbone(settings.backbone, settings.backbones_dir)
-    fm = _backbone(backbone, head_resolution(TrainConfig(), backbone))
-    return Embedder(fm, EmbeddingCache.open(settings.embeddings_dir, fm.cache_key), settings.max_image_pixels)
+    return cached_embedder(_backbone(backbone, head_resolution(TrainConfig(), backbone)), settings)
 
 
 def audit_set(labelled: LabelledSet, feats: dict[str, np.ndarray]) -> dict:
@@ -136,7 +134,7 @@ def _probs(rows: list[dict], index: dict[str, int]) -> np.ndarray:
 def _badges(rows, x_new, x_old, y_old, reference, names, outlier) -> list[list[dict]]:
     """Per row: "near-duplicate of" another labelled image (never of itself: a labelled image is in the reference
     set), "label may be wrong" when the neighbours' vote disagrees (only once every class has the 2 labels that
-    :func:`training.audit.review_order` needs for votes: with fewer, votes flagged nearly every image), outliers."""
+    :func:`training.review_queue.review_order` needs for votes: with fewer, votes flagged nearly every image), outliers."""
     badges: list[list[dict]] = [[] for _ in rows]
     if not len(reference):
         return badges

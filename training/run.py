@@ -51,6 +51,11 @@ def _backbone(name_or_path: str, resolution: int | None) -> FeatureModel:
     return FeatureModel(model, processor, f"{Path(name_or_path).name}-{weights_digest(model.base_model)}")
 
 
+def cached_embedder(fm: FeatureModel, settings: Settings) -> Embedder:
+    """An Embedder for ``fm`` through the platform's embedding cache (the process's one instance per key)."""
+    return Embedder(fm, EmbeddingCache.open(settings.embeddings_dir, fm.cache_key), settings.max_image_pixels)
+
+
 def _set_resolution(processor, resolution: int | None) -> None:
     """Make ``processor`` resize to ``resolution`` pixels the way it did at its own size: shorter edge then centre
     crop, or straight to a square. (transformers 5 holds ``size`` as a SizeDict, not a dict.)"""
@@ -217,7 +222,7 @@ def summary(metrics: dict) -> dict:
 
 def _embedded_split(samples, config, settings, report, fm, should_stop):
     """Embed through the cache, drop undecodable images, split; shared by head and finetune."""
-    embedder = Embedder(fm, EmbeddingCache.open(settings.embeddings_dir, fm.cache_key), settings.max_image_pixels)
+    embedder = cached_embedder(fm, settings)
     report(ProgressEvent(0.05, f"embedding {len(samples)} images (cached ones are reused)"))
     feats, _ = embed_samples(embedder, samples, part_of(report, 0.05, 0.45), should_stop)
     stop_if_asked(should_stop)
@@ -328,7 +333,7 @@ def _save_and_evaluate(model, processor, staged, parts, labels, index, settings,
     model.save_pretrained(staged)
     processor.save_pretrained(staged)
     fm = FeatureModel(model, processor, f"w{weights_digest(model.base_model)}")
-    embedder = Embedder(fm, EmbeddingCache.open(settings.embeddings_dir, fm.cache_key), settings.max_image_pixels)
+    embedder = cached_embedder(fm, settings)
     feats, errors = embed_samples(embedder, parts.val)
     val_ok = [s for s in parts.val if s.sha256 in feats]
     if not val_ok:  # tiny data: no validation split, so report on the training images (labelled as such)
