@@ -21,6 +21,11 @@ def accuracy_on(predictor: Predictor, samples: list[Sample], should_stop: Callab
     return scores["accuracy"], scores["images"]
 
 
+def _no_scores() -> dict:
+    """What a version scores on no images."""
+    return {"accuracy": None, "images": 0, "macro_f1": None, "per_class": {}}
+
+
 def scores_on(predictor: Predictor, samples: list[Sample], should_stop: Callable[[], bool] | None = None) -> dict:
     """``{"accuracy", "images", "macro_f1", "per_class"}`` of ``predictor`` on ``samples`` (accuracy and F1 0–1,
     ``per_class`` as in :func:`training.metrics.classification_metrics`). Features come from the embedding cache
@@ -29,7 +34,7 @@ def scores_on(predictor: Predictor, samples: list[Sample], should_stop: Callable
     feats, _ = embed_samples(predictor.embedder, samples, should_stop=should_stop)
     usable = [s for s in samples if s.sha256 in feats]
     if not usable:
-        return {"accuracy": None, "images": 0, "macro_f1": None, "per_class": {}}
+        return _no_scores()
     with torch.inference_mode():
         logits = predictor.fm.logits(torch.from_numpy(np.stack([feats[s.sha256] for s in usable])))
     labels = list(predictor.labels) + sorted({s.label for s in usable} - set(predictor.labels))
@@ -64,7 +69,7 @@ class VersionScorer:
     def scores(self, version: str, samples: list[Sample]) -> dict:
         """:func:`scores_on` of ``version`` on ``samples``, recorded beside the version (once per set)."""
         if not samples:
-            return {"accuracy": None, "images": 0, "macro_f1": None, "per_class": {}}
+            return _no_scores()
         digest = set_digest(samples)
         cached = self.registry.score(version, digest)
         if cached is None or "per_class" not in cached:  # scores recorded before F1 was
