@@ -22,7 +22,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from classifier.images import ImageInput, decode, to_array
+from classifier import runtime
+from classifier.images import ImageInput, crop, decode
 from settings import PlatformError
 
 log = logging.getLogger(__name__)
@@ -67,15 +68,16 @@ def inplace_activations(module: torch.nn.Module) -> torch.nn.Module:
 
 
 INFERENCE_GRAPH = "eager, BatchNorm folded into the convolutions, in-place ReLU6, channels_last"
-"""What runs the backbone. TorchScript and torch.compile were measured as levers (bench/levers.py) and are not
-used: TorchScript was slower here, and torch.compile needs a C++ compiler at run time and seconds of compiling
-per process and input shape."""
+"""What runs a float32 backbone. TorchScript and torch.compile were measured as levers (bench/levers.py): for
+float32 neither pays here. The ``bfloat16-mixed`` graph is compiled where it can be (classifier/runtime.py)."""
+COMPILED_GRAPH = "torch.compile (inductor, frozen weights) of the bfloat16-mixed graph, BatchNorm folded"
+EAGER_MIXED_GRAPH = "eager bfloat16-mixed graph, BatchNorm folded, in-place ReLU6, channels_last"
 
 
 class FeatureModel:
     """An image-classification model seen as features → head, with its input size and normalisation."""
 
-    def __init__(self, model: torch.nn.Module, processor, backbone_id: str):
+    def __init__(self, model: torch.nn.Module, processor, backbone_id: str, precision: str = runtime.FLOAT32):
         self.model = model.eval()
         self.backbone_id = backbone_id
         crop = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
@@ -87,19 +89,83 @@ class FeatureModel:
         # Inference runs on a copy with batch norm folded into the convolutions (same outputs, about 2×
         # faster on CPU, see bench/RESULTS.md); ``model`` itself stays as saved, for training and saving.
         self.base = inplace_activations(fold_batch_norms(copy.deepcopy(model.base_model).eval()))
-        self.precision = "float32"
+        if precision not in (runtime.FLOAT32, runtime.MIXED):
+            raise PlatformError(f"Unknown inference precision {precision!r}")
+        if precision == runtime.MIXED and not runtime.supports_mixed(self.base):
+            raise PlatformError(f"{runtime.MIXED} needs a MobileNetV2-style backbone; {backbone_id} is not one")
+        self.precision = precision
+        self._mixed = runtime.MixedForward(self.base, self.mean, self.std).eval() if precision == runtime.MIXED else None
 
     def inference_choice(self) -> dict:
         """How this model computes features, as a version records it and ``/status`` reports it: ``resolution``
         (input side, pixels), ``precision`` and ``graph``."""
-        return {"resolution": self.resolution, "precision": self.precision, "graph": INFERENCE_GRAPH}
+        if self._mixed is None:
+            graph = INFERENCE_GRAPH
+        else:
+            graph = COMPILED_GRAPH if runtime.compiled_already(self.cache_key) else EAGER_MIXED_GRAPH
+        return {"resolution": self.resolution, "precision": self.precision, "graph": graph}
 
     @property
     def cache_key(self) -> str:
-        return f"{self.backbone_id}-{self.resolution}px"
+        suffix = "" if self.precision == runtime.FLOAT32 else f"-{self.precision}"
+        return f"{self.backbone_id}-{self.resolution}px{suffix}"
+
+    def to(self, device) -> "FeatureModel":
+        """Move the inference copies (and the head) to ``device``, e.g. a bulk worker's GPU."""
+        for module in (self.base, self.head, self._mixed):
+            if module is not None:
+                module.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.base.parameters()).device
+
+    def _compiled(self, wait: bool = False):
+        from settings import get_settings
+        if self._mixed is None or self.device.type != "cpu" or not get_settings().compile_backbone:
+            return None
+        return runtime.compiled(self.cache_key, self._mixed, self.resolution, wait)
+
+    @property
+    def compiling(self) -> bool:
+        """Whether this model's graph is being compiled in the background (requests run it eagerly meanwhile)."""
+        return self._mixed is not None and runtime.compiling(self.cache_key)
+
+    def warm(self, wait: bool = False) -> None:
+        """Start compiling the backbone graph (seconds, on a background thread, once per process and backbone;
+        until it is ready the same arithmetic runs eagerly); ``wait`` until it is done."""
+        self._compiled(wait)
+
+    def features_of_crops(self, crops: torch.Tensor) -> torch.Tensor:
+        """Pooled features (n, d) of uint8 crops (n, resolution, resolution, 3), as the Embedder, the bulk
+        scorers and every version's predictions compute them: the one place the model's input arithmetic
+        lives. float32: ``(x / 255 - mean) / std`` (bit for bit :func:`classifier.images.normalise_pixels`),
+        then the folded backbone; ``bfloat16-mixed``: the graph of :mod:`classifier.runtime`."""
+        with torch.inference_mode():  # the compiled graph's frozen weights are inference-only
+            return self._features_of_crops(crops.to(self.device).permute(0, 3, 1, 2))  # channels_last, no copy
+
+    def _features_of_crops(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self._mixed is None:
+            mean, std = (torch.tensor(v, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1) for v in (self.mean, self.std))
+            x = (pixels.to(torch.float32) * (1.0 / 255.0) - mean) / std
+            return self.features(x)
+        compiled, n = self._compiled(), len(pixels)
+        if compiled is None:
+            return self._mixed(pixels)
+        pixels = pixels.contiguous(memory_format=torch.channels_last)  # the compiled layout: no recompiling
+        out = []
+        for start in range(0, n, runtime.COMPILED_BATCH):
+            part = pixels[start:start + runtime.COMPILED_BATCH]
+            if len(part) < runtime.COMPILED_BATCH:  # the graph's one batch size: pad, never recompile
+                pad = part.new_zeros((runtime.COMPILED_BATCH - len(part), *part.shape[1:]))
+                part = torch.cat([part, pad]).contiguous(memory_format=torch.channels_last)
+            out.append(compiled(part)[:min(runtime.COMPILED_BATCH, n - start)])
+        return torch.cat(out)
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pooled features, shape (n, d)."""
+        """Pooled features, shape (n, d), of normalised float32 pixels in this model's float32 arithmetic
+        (finetuning and the levers; predictions go through :meth:`features_of_crops`)."""
         out = self.base(pixel_values=pixel_values.contiguous(memory_format=torch.channels_last))
         pooled = getattr(out, "pooler_output", None)
         if pooled is None:  # ViT-style models classify the first token
@@ -197,8 +263,7 @@ class Embedder:
 
     def _prepare(self, image: ImageInput) -> np.ndarray | str:
         try:
-            img = decode(image, self.max_pixels, draft_size=self.fm.resolution)
-            return to_array(img, self.fm.resolution, self.fm.mean, self.fm.std)
+            return crop(decode(image, self.max_pixels, draft_size=self.fm.resolution), self.fm.resolution)
         except PlatformError as exc:
             return str(exc)
 
@@ -222,8 +287,7 @@ class Embedder:
                 good = [(img, a) for img, a in zip(chunk, arrays) if not isinstance(a, str)]
                 errors.update({img.sha256: a for img, a in zip(chunk, arrays) if isinstance(a, str)})
                 if good:
-                    batch = torch.from_numpy(np.stack([a for _, a in good]))
-                    feats = self.fm.features(batch).float().numpy()
+                    feats = self.fm.features_of_crops(torch.from_numpy(np.stack([a for _, a in good]))).float().numpy()
                     shas = [img.sha256 for img, _ in good]
                     cached.update(zip(shas, feats))
                     if self.cache is not None:  # an empty cache is falsy (__len__)

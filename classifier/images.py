@@ -160,9 +160,14 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def crop(img: Image.Image, size: int) -> np.ndarray:
+    """The model's input before normalising: uint8 (size, size, 3), shorter side resized then centre-cropped."""
+    return np.asarray(resize_center_crop(img, size), dtype=np.uint8)
+
+
 def to_array(img: Image.Image, size: int, mean, std) -> np.ndarray:
     """Pixels as a normalised float32 array of shape (3, size, size)."""
-    return normalise_pixels(np.asarray(resize_center_crop(img, size)), mean, std)
+    return normalise_pixels(crop(img, size), mean, std)
 
 
 def normalise_pixels(pixels: np.ndarray, mean, std) -> np.ndarray:

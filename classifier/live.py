@@ -33,9 +33,11 @@ class LiveModel:
         """Verify and load a version without activating it; a damaged version raises PlatformError."""
         info = self.registry.verify(version)
         try:
-            return Predictor.load(info.path, version, self.settings.embeddings_dir, self.settings.max_image_pixels)
+            predictor = Predictor.load(info.path, version, self.settings.embeddings_dir, self.settings.max_image_pixels)
         except PlatformError as exc:
             raise PlatformError(f"Model version {version} cannot be loaded: {exc}") from None
+        predictor.fm.warm()  # compiles in the background while requests are served eagerly
+        return predictor
 
     def _initial(self) -> Predictor | None:
         """The active version, or — if it is damaged — the newest version that still loads."""

@@ -30,9 +30,10 @@ class Predictor:
     @property
     def runtime(self) -> dict:
         """How this process computes this version's features: ``resolution`` (pixels), ``precision``, ``graph``,
-        and ``torch_threads``, the CPU threads a forward pass may use."""
+        ``compiling`` (the graph is being compiled in the background; until then it runs eagerly) and
+        ``torch_threads``, the CPU threads a forward pass may use."""
         import torch
-        return dict(self.fm.inference_choice(), torch_threads=torch.get_num_threads())
+        return dict(self.fm.inference_choice(), compiling=self.fm.compiling, torch_threads=torch.get_num_threads())
 
     @classmethod
     def load(cls, folder: Path, version: str, cache_root: Path | None, max_pixels: int) -> "Predictor":
@@ -43,7 +44,8 @@ class Predictor:
             info = {}
         model, processor = load_model_and_processor(str(folder))
         backbone_id = info.get("backbone_id") or f"{version}-{info.get('weights_sha256', 'unknown')[:16]}"
-        return cls(version, FeatureModel(model, processor, backbone_id), cache_root, max_pixels)
+        precision = info.get("precision") or "float32"  # versions made before it was recorded: float32
+        return cls(version, FeatureModel(model, processor, backbone_id, precision), cache_root, max_pixels)
 
     def predict_batch(self, sources: Iterable, top_k: int = 3, progress: ProgressFn | None = None
                       ) -> tuple[list[dict], list[dict]]:

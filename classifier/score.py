@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from classifier.embeddings import FeatureModel
-from classifier.images import ImageInput, decode, normalise_pixels, resize_center_crop, to_array
+from classifier.images import ImageInput, crop, decode
 from settings import PlatformError
 
 
@@ -45,25 +45,11 @@ class PixelSpec:
         return cls(fm.resolution, tuple(fm.mean), tuple(fm.std))
 
 
-def prepare_pixels(image: ImageInput, spec: PixelSpec | FeatureModel, max_pixels: int) -> np.ndarray:
+def crop_pixels(image: ImageInput, spec: PixelSpec | FeatureModel, max_pixels: int) -> np.ndarray:
     """Decode (EXIF-rotated, first frame, at most ``max_pixels`` width × height) and resize/crop one image to
-    the model's input: float32 (3, resolution, resolution). Raises PlatformError for an unreadable image.
-    This is the exact preparation :class:`classifier.embeddings.Embedder` applies."""
-    img = decode(image, max_pixels, draft_size=spec.resolution)
-    return to_array(img, spec.resolution, spec.mean, spec.std)
-
-
-def crop_pixels(image: ImageInput, spec: PixelSpec, max_pixels: int) -> np.ndarray:
-    """:func:`prepare_pixels` before normalising: uint8 (resolution, resolution, 3), a quarter of its bytes.
-    Raises PlatformError for an unreadable image."""
-    img = decode(image, max_pixels, draft_size=spec.resolution)
-    return np.asarray(resize_center_crop(img, spec.resolution), dtype=np.uint8)
-
-
-def normalise_crops(crops: np.ndarray, spec: PixelSpec) -> np.ndarray:
-    """uint8 crops (n, resolution, resolution, 3) → float32 (n, 3, resolution, resolution), with exactly the
-    arithmetic of :func:`classifier.images.to_array`, so the pixels equal :func:`prepare_pixels`'s bit for bit."""
-    return normalise_pixels(crops, spec.mean, spec.std)
+    the model's input before normalising: uint8 (resolution, resolution, 3). Raises PlatformError for an
+    unreadable image. This is the exact preparation :class:`classifier.embeddings.Embedder` applies."""
+    return crop(decode(image, max_pixels, draft_size=spec.resolution), spec.resolution)
 
 
 def scores_from_embeddings(fm: FeatureModel, embeddings: np.ndarray) -> Scores:
@@ -74,11 +60,11 @@ def scores_from_embeddings(fm: FeatureModel, embeddings: np.ndarray) -> Scores:
     return Scores(class_names(fm), probs, np.asarray(embeddings, dtype=np.float32))
 
 
-def scores_from_pixels(fm: FeatureModel, pixels: np.ndarray) -> Scores:
-    """Backbone → head → softmax over prepared pixels of shape (n, 3, resolution, resolution)."""
+def scores_from_crops(fm: FeatureModel, crops: np.ndarray) -> Scores:
+    """Backbone (the version's own arithmetic, :meth:`FeatureModel.features_of_crops`) → head → softmax over
+    uint8 crops of shape (n, resolution, resolution, 3)."""
     with torch.inference_mode():
-        batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(_device(fm))
-        feats = fm.features(batch).float().cpu().numpy()
+        feats = fm.features_of_crops(torch.from_numpy(np.ascontiguousarray(crops, dtype=np.uint8))).float().cpu().numpy()
     return scores_from_embeddings(fm, feats)
 
 
@@ -86,23 +72,23 @@ def score_batch(fm: FeatureModel, images: list[ImageInput], max_pixels: int
                 ) -> tuple[Scores, list[ImageInput], dict[str, str]]:
     """Score a batch of images in-process: ``(scores of the readable ones, those images in row order,
     error message by sha256 for the others)``."""
-    arrays, good, errors = [], [], {}
+    crops, good, errors = [], [], {}
     for image in images:
         try:
-            arrays.append(prepare_pixels(image, fm, max_pixels))
+            crops.append(crop_pixels(image, fm, max_pixels))
             good.append(image)
         except PlatformError as exc:
             errors[image.sha256] = str(exc)
-    if not arrays:
+    if not crops:
         names = class_names(fm)
         empty = Scores(names, np.zeros((0, len(names)), np.float32), np.zeros((0, final_features(fm)), np.float32))
         return empty, [], errors
-    return scores_from_pixels(fm, np.stack(arrays)), good, errors
+    return scores_from_crops(fm, np.stack(crops)), good, errors
 
 
 def _device(fm: FeatureModel) -> torch.device:
     """Where the model's weights are (CPU unless a bulk worker moved it to a GPU)."""
-    return next(fm.base.parameters()).device
+    return fm.device
 
 
 def final_features(fm: FeatureModel) -> int:

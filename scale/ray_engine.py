@@ -5,8 +5,7 @@ in-process engine does (:class:`classifier.embeddings.Embedder`: decode threads 
 and Ray Data only hands out the paths: a separate decode stage would make every image cross the object store
 and split each node's cores between processes. On GPU clusters read/decode CPU tasks run the project's own
 decode and resize (:func:`classifier.score.crop_pixels`: uint8, a quarter of float32's bytes through the object
-store) while the GPU actors normalise and score (:func:`classifier.score.normalise_crops`,
-:func:`classifier.score.scores_from_pixels`). Never ``ray.data.read_images(size=…)``: its bilinear resize
+store) while the GPU actors normalise and score (:func:`classifier.score.scores_from_crops`). Never ``ray.data.read_images(size=…)``: its bilinear resize
 changes labels. Ray is imported only here.
 """
 from __future__ import annotations
@@ -147,19 +146,18 @@ class ScoreActor:
         # Without a source this predictor never decodes (the read tasks do): it only turns pixels into scores.
         self.predictor = Predictor.load(Path(folder), version, None, max_pixels=max_pixels)
         if source is None and torch.cuda.is_available():
-            self.predictor.fm.base.to("cuda")
-            self.predictor.fm.head.to("cuda")
+            self.predictor.fm.to("cuda")
         self.source, self.top_k, self.with_embeddings = source, top_k, with_embeddings
         self.ready_at = time.time()  # wall clock: when this actor could score (its start is a fixed cost per job)
 
     def __call__(self, batch: dict) -> dict:
-        from classifier.score import PixelSpec, normalise_crops, scores_from_pixels
+        from classifier.score import scores_from_crops
 
         if self.source is not None:
             return self._decode_and_score(batch)
         ok = np.array([not e for e in batch["error"]], dtype=bool)
         fm = self.predictor.fm
-        scores = scores_from_pixels(fm, normalise_crops(batch["pixels"][ok], PixelSpec.of(fm))) if ok.any() else None
+        scores = scores_from_crops(fm, batch["pixels"][ok]) if ok.any() else None
         return self._rows(batch["path"], batch["sha256"], batch["error"], ok, scores)
 
     def _decode_and_score(self, batch: dict) -> dict:

@@ -17,6 +17,9 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Each process would compile the bfloat16-mixed backbone graph (seconds) before its first prediction: the suite
+# runs it eagerly (the same arithmetic); test_classifier_backbone compiles it and checks the two agree.
+os.environ.setdefault("COMPILE_BACKBONE", "0")
 
 from settings import Settings, load_settings  # noqa: E402
 

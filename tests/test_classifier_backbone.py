@@ -124,6 +124,50 @@ def test_unknown_hub_id_offline_is_a_clear_error_and_registers_nothing(settings,
     assert not list((settings.models_dir / ".staging").iterdir())
 
 
+def test_crops_are_normalised_bit_for_bit_and_the_mixed_arithmetic_stays_close_to_float32(backbone_dir, monkeypatch):
+    """features_of_crops is the one place the input arithmetic lives: in float32 it equals the numpy
+    normalisation (to_array) bit for bit; bfloat16-mixed stays within a cosine of 0.99 of float32 on real
+    decoded images, eager and (where a C++ compiler is found) compiled, whatever the batch size."""
+    from classifier import runtime
+    from classifier.images import crop
+    from settings import get_settings
+
+    model, processor = load_model_and_processor(str(backbone_dir))
+    images = [make_image(kind, color, seed=s) for s in (3, 4) for color, kind in CLASS_STYLES.values()]
+    crops = torch.from_numpy(np.stack([crop(i, 224) for i in images]))
+    fp32 = FeatureModel(model, processor, "bundled")
+    with torch.inference_mode():
+        ours = fp32.features_of_crops(crops)
+        numpy_path = fp32.features(torch.from_numpy(np.stack([to_array(i, 224, fp32.mean, fp32.std) for i in images])))
+    assert torch.equal(ours, numpy_path)
+    assert fp32.cache_key == "bundled-224px" and fp32.inference_choice()["precision"] == "float32"
+
+    monkeypatch.setenv("COMPILE_BACKBONE", "0")
+    get_settings.cache_clear()
+    try:
+        mixed = FeatureModel(model, processor, "bundled", runtime.MIXED)
+        assert mixed.cache_key == "bundled-224px-bfloat16-mixed"  # never mixed with float32 features
+        assert mixed.inference_choice()["graph"].startswith("eager")
+        with torch.inference_mode():
+            eager = mixed.features_of_crops(crops)
+        assert torch.nn.functional.cosine_similarity(eager, ours).min() > 0.99
+        assert not torch.equal(eager, ours)  # really another arithmetic
+        if runtime.compiler_available():
+            monkeypatch.setenv("COMPILE_BACKBONE", "1")
+            get_settings.cache_clear()
+            mixed.warm(wait=True)
+            with torch.inference_mode():
+                compiled = mixed.features_of_crops(crops)  # 6 images: padded to the graph's batch of 16
+                one = mixed.features_of_crops(crops[:1])
+            assert mixed.inference_choice()["graph"].startswith("torch.compile")
+            assert torch.nn.functional.cosine_similarity(compiled, eager).min() > 0.999
+            assert torch.equal(one[0], compiled[0])  # an image's features do not depend on its batch
+    finally:
+        get_settings.cache_clear()
+    with pytest.raises(PlatformError, match="precision 'float8'"):
+        FeatureModel(model, processor, "bundled", "float8")
+
+
 def test_image_of_any_size_goes_through_the_backbone(backbone_dir):
     model, processor = load_model_and_processor(str(backbone_dir))
     fm = FeatureModel(model, processor, "bundled")

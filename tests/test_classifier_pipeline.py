@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 from transformers import pipeline
 
+from classifier.backbone import load_model_and_processor
+from classifier.embeddings import FeatureModel
 from classifier.images import read_input
 from classifier.predict import Predictor
 from conftest import CLASS_STYLES, make_image
@@ -24,14 +26,24 @@ def probe_images() -> list[Image.Image]:
     return clear + [wide, tall, blend, grey]
 
 
+def float32_twin(folder: Path, version: str) -> Predictor:
+    """The version computing its features in float32, the stock pipeline's arithmetic (a head version of the
+    bundled backbone serves in bfloat16-mixed where the CPU has native bfloat16)."""
+    model, processor = load_model_and_processor(str(folder))
+    return Predictor(version, FeatureModel(model, processor, "twin", "float32"), None, 10**8)
+
+
 def assert_pipeline_agrees(folder: Path, version: str, images: list[Image.Image]) -> None:
+    """Same top-1 as the version as served; same scores (1e-3) as its float32 arithmetic: the saved processor
+    reads images exactly as ours does."""
     classify = pipeline("image-classification", model=str(folder))
-    predictor = Predictor.load(folder, version, None, 10**8)
-    ours, errors = predictor.predict_batch(images, top_k=len(predictor.labels))
+    served = Predictor.load(folder, version, None, 10**8)
+    ours, errors = float32_twin(folder, version).predict_batch(images, top_k=len(served.labels))
+    as_served, _ = served.predict_batch(images, top_k=len(served.labels))
     assert errors == []
-    for image, row in zip(images, ours):
-        theirs = classify(image, top_k=len(predictor.labels))
-        assert theirs[0]["label"] == row["label"]
+    for image, row, live in zip(images, ours, as_served):
+        theirs = classify(image, top_k=len(served.labels))
+        assert theirs[0]["label"] == row["label"] == live["label"]
         assert theirs[0]["score"] == pytest.approx(row["confidence"], abs=1e-3)
         assert {t["label"]: t["score"] for t in theirs} == pytest.approx(
             {t["label"]: t["score"] for t in row["top_k"]}, abs=1e-3)
@@ -44,7 +56,7 @@ def test_head_version_loads_in_a_plain_pipeline_and_agrees(head_version):
     classify = pipeline("image-classification", model=str(folder))
     assert classify.model.config.id2label == {0: "circles", 1: "squares", 2: "stripes"}
     # Scores of a confident head saturate near 1; raw logits show whether preprocessing really matches.
-    predictor = Predictor.load(folder, "v1", None, 10**8)
+    predictor = float32_twin(folder, "v1")
     feats, _ = predictor.embedder.embed([read_input(i) for i in images])
     for image in images:
         with torch.inference_mode():

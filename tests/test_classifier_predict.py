@@ -40,14 +40,14 @@ def load_v1(head_version, cache_root) -> Predictor:
 
 
 def count_feature_calls(predictor: Predictor) -> list[int]:
-    """Wrap the predictor's FeatureModel.features: the list grows by the batch size at every call."""
+    """Wrap the predictor's FeatureModel.features_of_crops: the list grows by the batch size at every call."""
     calls: list[int] = []
-    original = predictor.fm.features
+    original = predictor.fm.features_of_crops
 
-    def counting(pixel_values):
-        calls.append(len(pixel_values))
-        return original(pixel_values)
-    predictor.fm.features = counting
+    def counting(crops):
+        calls.append(len(crops))
+        return original(crops)
+    predictor.fm.features_of_crops = counting
     return calls
 
 
@@ -184,7 +184,7 @@ def test_cache_key_holds_backbone_id_and_resolution(head_version, tmp_path):
     def predictor_with(backbone_id: str, resolution: int) -> Predictor:
         model, processor = load_model_and_processor(str(folder))
         processor.crop_size = {"height": resolution, "width": resolution}
-        return Predictor("v1", FeatureModel(model, processor, backbone_id), cache_root, 10**8)
+        return Predictor("v1", FeatureModel(model, processor, backbone_id, base.fm.precision), cache_root, 10**8)
 
     same = predictor_with(base.fm.backbone_id, res)
     other_resolution = predictor_with(base.fm.backbone_id, res + 32)
@@ -214,14 +214,14 @@ def test_live_model_serves_the_active_version(head_version):
 
 
 def input_shapes(predictor: Predictor) -> list[tuple]:
-    """Wrap the predictor's FeatureModel.features: the list grows by each batch's pixel shape."""
+    """Wrap the predictor's FeatureModel.features_of_crops: the list grows by each batch's crop shape."""
     shapes: list[tuple] = []
-    original = predictor.fm.features
+    original = predictor.fm.features_of_crops
 
-    def recording(pixel_values):
-        shapes.append(tuple(pixel_values.shape))
-        return original(pixel_values)
-    predictor.fm.features = recording
+    def recording(crops):
+        shapes.append(tuple(crops.shape))
+        return original(crops)
+    predictor.fm.features_of_crops = recording
     return shapes
 
 
@@ -229,23 +229,25 @@ def input_shapes(predictor: Predictor) -> list[tuple]:
 def test_a_version_records_its_input_choice_and_prediction_uses_it(resolution, settings, dataset_dir):
     """Head mode's input resolution (default: HEAD_RESOLUTION, chosen on validation data) and precision are in
     version.json and the model card, and the loaded version computes features at that size."""
-    from training.config import HEAD_RESOLUTION, TrainConfig
+    from classifier import runtime
+    from training.config import HEAD_PRECISION, HEAD_RESOLUTION, TrainConfig
     from training.data import load_samples
     from training.run import train_version
     registry = LocalRegistry(settings.models_dir)
     version = train_version(load_samples(dataset_dir).samples, TrainConfig(mode="head", resolution=resolution),
                             settings, registry)["version"]
     expected = resolution or HEAD_RESOLUTION
+    precision = HEAD_PRECISION if runtime.bfloat16_native() else "float32"  # per machine, recorded
     folder = settings.models_dir / version
     info = json.loads((folder / "version.json").read_text())
-    assert (info["resolution"], info["precision"]) == (expected, "float32")
+    assert (info["resolution"], info["precision"]) == (expected, precision)
     assert json.loads((folder / "params.json").read_text())["resolution"] == resolution  # as asked; None = default
-    assert f"Input: {expected} px, float32" in (folder / "README.md").read_text()
+    assert f"Input: {expected} px, {precision}" in (folder / "README.md").read_text()
     predictor = LiveModel(registry, settings).require()
-    assert predictor.runtime["resolution"] == expected and predictor.runtime["precision"] == "float32"
+    assert predictor.runtime["resolution"] == expected and predictor.runtime["precision"] == precision
     shapes = input_shapes(predictor)
     results, errors = predictor.predict_batch([img for _, img in fresh_images(1, seed=33000)])
     assert errors == [] and len(results) == len(CLASSES)
-    assert shapes and {s[1:] for s in shapes} == {(3, expected, expected)}
+    assert shapes and {s[1:] for s in shapes} == {(expected, expected, 3)}
     # the saved processor reads images the same way at that size: a stock pipeline agrees (non-square images too)
     assert_pipeline_agrees(folder, version, probe_images())

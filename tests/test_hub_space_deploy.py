@@ -19,7 +19,7 @@ SPACE = "alice/flower-labeller"
 ENV = {"HF_TOKEN": TOKEN, "APP_USERS": f"ann:{PASSWORD}", "HUB_MODEL_ID": "alice/flowers",
        "HUB_DATASET_ID": "alice/flower-labels", "HF_ALLOWED_USERS": "alice,flower-org"}
 SHIPPED = ["README.md", "app.py", "classifier/hub.py", "engine/__init__.py", "labeling/journal.py", "labeling/store.py",
-           "requirements.txt", "settings.py", "training/train.py", "ui/__init__.py", "ui/views.py"]
+           "packages.txt", "requirements.txt", "settings.py", "training/train.py", "ui/__init__.py", "ui/views.py"]
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def project(tmp_path) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
     (root / "space_config").mkdir()
-    for name in ("README.md", "requirements.txt"):
+    for name in ("README.md", "requirements.txt", "packages.txt"):
         shutil.copy(ROOT / "space_config" / name, root / "space_config" / name)
     return root
 
@@ -74,6 +74,7 @@ def test_deploy_uploads_files_and_sets_secrets_variables_hardware(hub, project, 
     assert sorted(files) == sorted(SHIPPED + [".gitattributes"])
     assert files["README.md"] == (ROOT / "space_config/README.md").read_bytes()
     assert files["requirements.txt"] == (ROOT / "space_config/requirements.txt").read_bytes()
+    assert b"g++" in files["packages.txt"]  # torch.compile needs a C++ compiler on the Space too
     assert space.secrets == {"HF_TOKEN": TOKEN, "APP_USERS": f"ann:{PASSWORD}"}
     assert space.variables == {"HUB_MODEL_ID": "alice/flowers", "HUB_DATASET_ID": "alice/flower-labels",
                                "HF_ALLOWED_USERS": "alice,flower-org"}

@@ -152,16 +152,17 @@ def test_score_batch_is_what_predict_batch_serves(head_version, dataset_dir):
         assert row["label"] == ours["label"] and abs(row["confidence"] - ours["confidence"]) <= 1e-5
 
 
-def test_uint8_crops_normalise_to_the_in_process_pixels_bit_for_bit(dataset_dir):
-    """The read tasks ship uint8 crops and the actors normalise them: the pixels must equal prepare_pixels'."""
-    from classifier.images import ImageInput
-    from classifier.score import PixelSpec, crop_pixels, normalise_crops, prepare_pixels
+def test_read_tasks_ship_the_embedders_uint8_crops(dataset_dir):
+    """The read tasks ship uint8 crops, a quarter of float32's bytes; the actors score them with the version's
+    own arithmetic (FeatureModel.features_of_crops), so the crops must be the Embedder's own."""
+    from classifier.images import ImageInput, crop, decode
+    from classifier.score import PixelSpec, crop_pixels
 
     spec = PixelSpec(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     images = [ImageInput.from_bytes(p.read_bytes(), p.name) for p in sorted(dataset_dir.rglob("*.jpg"))[:4]]
     crops = np.stack([crop_pixels(i, spec, 10**8) for i in images])
     assert crops.dtype == np.uint8 and crops.shape == (4, 224, 224, 3)
-    assert np.array_equal(normalise_crops(crops, spec), np.stack([prepare_pixels(i, spec, 10**8) for i in images]))
+    assert np.array_equal(crops, np.stack([crop(decode(i, 10**8, draft_size=224), 224) for i in images]))
 
 
 def test_cli_asks_for_an_output_folder_before_starting_ray(dataset_dir, tmp_path, monkeypatch, capsys):

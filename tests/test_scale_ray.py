@@ -61,11 +61,11 @@ def test_ray_engine_writes_the_rows_the_local_engine_writes(ray_cluster, job_set
     predictor = LiveModel(LocalRegistry(job_settings.models_dir), job_settings).require()
     from classifier.backbone import resolve_backbone
     from training.config import TrainConfig
-    from training.run import _backbone, head_resolution
+    from training.run import head_features
 
     # the head version's cache is the one the next head training on its backbone reads
     backbone = resolve_backbone(None, job_settings.backbones_dir)
-    training_key = _backbone(backbone, head_resolution(TrainConfig(), backbone)).cache_key
+    training_key = head_features(TrainConfig(), backbone).cache_key
     assert predictor.fm.cache_key == training_key
     cache = EmbeddingCache(job_settings.embeddings_dir, training_key)
     some = sorted(a)[:4]

@@ -83,9 +83,9 @@ def health_for_run(samples: list[Sample], config, settings, registry) -> dict:
     try:
         from classifier.backbone import resolve_backbone
         from classifier.embeddings import EmbeddingCache
-        from training.run import _backbone, head_resolution
+        from training.run import _backbone, head_features
         backbone = resolve_backbone(config.backbone or settings.backbone, settings.backbones_dir)
-        fm = _backbone(backbone, head_resolution(config, backbone) if config.mode == "head" else config.resolution)
+        fm = head_features(config, backbone) if config.mode == "head" else _backbone(backbone, config.resolution)
         feats = EmbeddingCache.open(settings.embeddings_dir, fm.cache_key).get_many([s.sha256 for s in samples])
         versions = registry.versions()
         previous = versions[-1].metrics().get("data_health") if versions else None

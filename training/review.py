@@ -42,12 +42,12 @@ def gather(base: list[Sample], human: list[Sample], decisions: dict[str, str]) -
 
 def embedder_for(settings):
     """An Embedder on the base backbone (bundled or ``BACKBONE``) through the platform's embedding cache, at the
-    resolution head versions use, so an image a head version predicted is not embedded a second time."""
+    resolution and precision head versions use, so an image a head version predicted is not embedded a second time."""
     from classifier.backbone import resolve_backbone
     from training.config import TrainConfig
-    from training.run import _backbone, cached_embedder, head_resolution
+    from training.run import cached_embedder, head_features
     backbone = resolve_backbone(settings.backbone, settings.backbones_dir)
-    return cached_embedder(_backbone(backbone, head_resolution(TrainConfig(), backbone)), settings)
+    return cached_embedder(head_features(TrainConfig(), backbone), settings)
 
 
 def audit_set(labelled: LabelledSet, feats: dict[str, np.ndarray]) -> dict:

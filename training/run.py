@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from classifier import runtime
 from classifier.backbone import DEFAULT_BACKBONE, load_model_and_processor, resolve_backbone
 from classifier.embeddings import Embedder, EmbeddingCache, FeatureModel
 from classifier.images import ImageInput, decode
@@ -22,7 +23,7 @@ from classifier.registry import LocalRegistry
 from settings import PlatformError, Settings
 from training import distributed, trainer
 from training.checkpoint import card_writer, write_run_files
-from training.config import HEAD_RESOLUTION, TrainConfig
+from training.config import HEAD_PRECISION, HEAD_RESOLUTION, TrainConfig
 from training.data import Sample
 from training.evaluation import split
 from training.head import final_linear, train_linear_head
@@ -44,11 +45,17 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def _backbone(name_or_path: str, resolution: int | None) -> FeatureModel:
+def _backbone(name_or_path: str, resolution: int | None, precision: str = runtime.FLOAT32) -> FeatureModel:
     """The frozen backbone as a FeatureModel, loaded once per process (read-only)."""
     model, processor = load_model_and_processor(name_or_path)
     _set_resolution(processor, resolution)
-    return FeatureModel(model, processor, f"{Path(name_or_path).name}-{weights_digest(model.base_model)}")
+    return FeatureModel(model, processor, f"{Path(name_or_path).name}-{weights_digest(model.base_model)}", precision)
+
+
+def head_features(config: TrainConfig, backbone: str) -> FeatureModel:
+    """The backbone as head versions of ``config`` compute their features: at :func:`head_resolution`, in
+    :func:`head_precision`. The audit, the review queue and the data-health card read the same cache."""
+    return _backbone(backbone, head_resolution(config, backbone), head_precision(config, backbone))
 
 
 def cached_embedder(fm: FeatureModel, settings: Settings) -> Embedder:
@@ -264,10 +271,21 @@ def head_resolution(config: TrainConfig, backbone: str) -> int | None:
     return HEAD_RESOLUTION if Path(backbone).name == DEFAULT_BACKBONE else None
 
 
+def head_precision(config: TrainConfig, backbone: str) -> str:
+    """The arithmetic a head version computes its features in: the config's; else, for the bundled backbone on
+    a CPU with native bfloat16, ``HEAD_PRECISION`` (chosen on validation data, see training/config.py); else
+    float32 (bfloat16 emulated is slower than float32, and other backbones were not measured)."""
+    if config.precision:
+        return config.precision
+    if Path(backbone).name == DEFAULT_BACKBONE and runtime.bfloat16_native():
+        return HEAD_PRECISION
+    return runtime.FLOAT32
+
+
 def _train_head(samples, config, settings, staged, report, should_stop):
     backbone = resolve_backbone(config.backbone or settings.backbone, settings.backbones_dir)
     resolution = head_resolution(config, backbone)
-    fm = _backbone(backbone, resolution)
+    fm = head_features(config, backbone)
     feats, parts, labels, index, skipped = _embedded_split(samples, config, settings, report, fm, should_stop)
     weight, bias, curve = _fit_head(feats, parts.train, index, labels, config, part_of(report, 0.5, 0.45), should_stop)
     stop_if_asked(should_stop)

@@ -1,0 +1,126 @@
+"""How a backbone's pooled features are computed from uint8 crops: the arithmetic a version records.
+
+Two precisions:
+
+- ``float32``: the folded backbone in float32 (finetune and scratch versions, other backbones, versions made
+  before ``bfloat16-mixed`` existed).
+- ``bfloat16-mixed`` (:data:`MIXED`): the stem and the first inverted-residual block in float32, every later
+  block in bfloat16, pooled in float32. MobileNetV2-style backbones only (``conv_stem``, ``layer``,
+  ``conv_1x1``). Measured on 128 Fashion-MNIST images: all-bfloat16 features had a cosine of 0.94 to float32 at
+  worst, nearly all of the error made in the first block; with it in float32 the worst cosine is 0.998, so a
+  head trained on these features also works on float32 features (the stock ``pipeline``). The backbone forward
+  is about 1.4× faster eager and 1.8× compiled on a CPU with native bfloat16 (avx512_bf16).
+
+The mixed graph takes uint8 crops and normalises them itself, so compiling it fuses the normalisation into
+the first convolution. It is compiled with ``torch.compile`` (inductor, weights frozen) once per process and
+backbone, on a background thread, when ``Settings.compile_backbone`` is on and a C++ compiler is found (about 4 s
+with inductor's on-disk cache warm, 18 s cold, on 2 cores); until then, or if compiling fails, the eager module
+runs (features within a cosine of 0.9999 of the compiled ones). The compiled graph runs at one fixed batch size
+(:data:`COMPILED_BATCH`, smaller batches are padded), so an image's features never depend on its batch.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import threading
+import time
+
+import torch
+
+log = logging.getLogger(__name__)
+
+FLOAT32 = "float32"
+MIXED = "bfloat16-mixed"
+FLOAT32_BLOCKS = 1
+"""Inverted-residual blocks after the stem that stay in float32 under :data:`MIXED`."""
+COMPILED_BATCH = 16
+"""The one batch size the compiled graph runs at (the Embedder's batch size)."""
+
+
+def supports_mixed(base: torch.nn.Module) -> bool:
+    """Whether ``base`` (a transformers backbone) has the MobileNetV2 layout :data:`MIXED` splits."""
+    return all(hasattr(base, name) for name in ("conv_stem", "layer", "conv_1x1")) and len(base.layer) > FLOAT32_BLOCKS
+
+
+def bfloat16_native() -> bool:
+    """Whether this CPU runs bfloat16 convolutions natively (oneDNN with avx512_bf16 / AMX); elsewhere bfloat16
+    is emulated and slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class MixedForward(torch.nn.Module):
+    """uint8 crops (n, 3, r, r), any memory format → pooled features (n, d) float32, in :data:`MIXED` precision."""
+
+    def __init__(self, base: torch.nn.Module, mean, std):
+        super().__init__()
+        base = copy.deepcopy(base).eval()
+        self.early = torch.nn.Sequential(base.conv_stem, *base.layer[:FLOAT32_BLOCKS])
+        self.late = torch.nn.Sequential(*base.layer[FLOAT32_BLOCKS:], base.conv_1x1).to(torch.bfloat16)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        x = (crops.to(torch.float32) * (1.0 / 255.0) - self.mean) / self.std
+        return self.late(self.early(x).to(torch.bfloat16)).to(torch.float32).mean((2, 3))
+
+
+def compiler_available() -> bool:
+    """Whether inductor can find a C++ compiler here."""
+    return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+
+
+_compiled: dict[str, object] = {}
+_started: dict[str, threading.Event] = {}
+_lock = threading.Lock()
+
+
+def compiling(key: str) -> bool:
+    """Whether the graph for ``key`` is being compiled right now."""
+    done = _started.get(key)
+    return done is not None and not done.is_set()
+
+
+def compiled_already(key: str) -> bool:
+    """Whether the graph for ``key`` is compiled in this process (never starts compiling)."""
+    return _compiled.get(key) is not None
+
+
+def compiled(key: str, module: MixedForward, resolution: int, wait: bool = False):
+    """The process's compiled copy of ``module`` for ``key`` (backbone id, resolution, precision), or None while
+    it is being compiled (on a background thread, started by the first call) and where compiling is not possible
+    or failed: the caller then runs ``module`` eagerly. ``wait`` blocks until compiling has ended."""
+    with _lock:
+        done = _started.get(key)
+        if done is None:
+            done = _started[key] = threading.Event()
+            threading.Thread(target=_compile, args=(key, module, resolution, done), daemon=True,
+                             name=f"compile-{key}").start()
+    if wait:
+        done.wait()
+    return _compiled.get(key)
+
+
+def _compile(key: str, module: MixedForward, resolution: int, done: threading.Event) -> None:
+    try:
+        if not compiler_available():
+            log.info("No C++ compiler found: the %s backbone graph runs eagerly", MIXED)
+            return
+        started = time.monotonic()
+        import torch._inductor.config as inductor_config
+        inductor_config.freezing = True  # weights become constants: prepacked for oneDNN
+        inductor_config.compile_threads = 1  # no pool of compile worker processes (memory)
+        candidate = torch.compile(copy.deepcopy(module).eval(), dynamic=False)
+        example = torch.zeros(COMPILED_BATCH, resolution, resolution, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
+        with torch.inference_mode():
+            candidate(example)
+        _compiled[key] = candidate
+        log.info("Compiled the %s backbone graph for %s in %.1f s", MIXED, key, time.monotonic() - started)
+    except Exception as exc:  # no working toolchain, an inductor limitation: eager is the same arithmetic
+        log.warning("Could not compile the backbone (%s); running it eagerly",
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    finally:
+        done.set()
