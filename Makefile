@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := chromium dataset-fashion-mnist
+APT_PACKAGES := chromium dataset-fashion-mnist g++
 
 .PHONY: install install-dev install-scale system-deps run test bench bench-quick audit clean
 

@@ -27,6 +27,7 @@ def test_accuracy(version, samples, cache_root, max_pixels: int, chunk: int = 10
     from classifier.images import ImageInput
     from classifier.predict import Predictor
     predictor = Predictor.load(version.path, version.version, cache_root, max_pixels)
+    predictor.fm.warm(wait=True)  # compiled before anything is timed, as a running app has it
     correct = 0
     for start in range(0, len(samples), chunk):
         part = samples[start:start + chunk]
@@ -37,17 +38,19 @@ def test_accuracy(version, samples, cache_root, max_pixels: int, chunk: int = 10
 
 
 def head_accuracy(bench, settings, train, test, resolution: int | None = None, **config) -> dict:
-    """Train a head version at ``resolution`` on prepared features; its accuracy on ``test`` (prepared features)."""
+    """Train a head version at ``resolution`` (and ``config["precision"]``, default head mode's) on prepared
+    features; its accuracy on ``test`` (prepared features)."""
     from classifier.registry import LocalRegistry
     from training.run import train_version
-    bench.seed_cache(settings.embeddings_dir, train, resolution)
+    precision = config.get("precision")
+    bench.seed_cache(settings.embeddings_dir, train, resolution, precision)
     registry = LocalRegistry(settings.models_dir)
     start = time.perf_counter()
     result = train_version(train, TrainConfig(mode="head", resolution=resolution, **config), settings, registry,
                            activate=False)
     seconds = time.perf_counter() - start
     root = settings.data_dir / f"eval-{result['version']}"
-    bench.seed_cache(root, test, resolution)
+    bench.seed_cache(root, test, resolution, precision)
     version = registry.get(result["version"])
     return {"accuracy": test_accuracy(version, test, root, settings.max_image_pixels), "train_s": seconds,
             "val_accuracy": result["metrics"]["accuracy"], "version": version}
@@ -99,9 +102,9 @@ def run(bench) -> dict:
         start = time.perf_counter()
         acc[mode] = test_accuracy(version[mode], samples, bench.fresh_dir("eval"), settings.max_image_pixels)
         eval_s[mode] = round(time.perf_counter() - start, 1)
-    # finetune's warm start reads the head's embeddings only when both run at the same resolution; otherwise it
-    # embeds the images itself, inside its own timed run.
-    reuse = emb["resolution"] == _finetune_resolution(bench)
+    # finetune's warm start (float32) reads the head's embeddings only when both run at the same resolution in
+    # the same arithmetic; otherwise it embeds the images itself, inside its own timed run.
+    reuse = emb["resolution"] == _finetune_resolution(bench) and emb["precision"] == "float32"
     ft_embedding = emb["seconds"] if reuse else 0.0
     total = {"head": budget, "finetune": ft_embedding + runs["finetune"][1], "scratch": runs["scratch"][1]}
     n_test, n_small = len(test), len(test_small)
@@ -141,8 +144,9 @@ def run(bench) -> dict:
                        "validation come on top (in the baselines' favour). "
                        + ("Finetune reuses the head's embeddings for its warm start, so its total adds the same embedding "
                           "time. " if reuse else
-                          f"Finetune trains at {_finetune_resolution(bench)} px, so it embeds the images for its warm start "
-                          f"itself (the head's are at {emb['resolution']} px), inside its own time. ")
+                          f"Finetune trains at {_finetune_resolution(bench)} px in float32, so it embeds the images for its "
+                          f"warm start itself (the head's are at {emb['resolution']} px in {emb['precision']}), inside "
+                          "its own time. ")
                        + f"The head is tested on all {n_test} "
                        f"test images; finetune needs its own {_finetune_resolution(bench)}-px pass per image, so it is tested on the first "
                        f"{n_small} (class-balanced) to stay inside the run's time budget."),

@@ -92,6 +92,7 @@ def run(bench) -> dict:
     batches = [pool[i:i + n] for i in range(0, 8 * n, n)]
     with AppProcess(settings, bench.run_dir / "live.log", dataset=bench.slices().version_train) as app:
         app.wait_status()
+        app.wait_model_ready()
         client = Client(app.url, verbose=False, analytics_enabled=False)
         _predict(client, batches[0])  # warm-up
         no_tab = _app_cores(app.proc.pid, idle_s)

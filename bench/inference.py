@@ -53,17 +53,17 @@ def profile_stages(predictor, files, scratch, reps: int = 3) -> tuple[dict, dict
 
     ``scratch()`` gives an empty folder for the cache-write stage."""
     from classifier.embeddings import EmbeddingCache
-    from classifier.images import decode, read_input, to_array
+    from classifier.images import crop, decode, read_input
     fm, embedder = predictor.fm, predictor.embedder
     inputs = [read_input(f) for f in files]
     decoded = [decode(i, embedder.max_pixels, draft_size=fm.resolution) for i in inputs]
-    arrays = [to_array(img, fm.resolution, fm.mean, fm.std) for img in decoded]
+    crops = [crop(img, fm.resolution) for img in decoded]
     size = embedder.batch_size
 
     def forward(_):
         with torch.inference_mode():
-            return np.concatenate([fm.features(torch.from_numpy(np.stack(arrays[i:i + size]))).float().numpy()
-                                   for i in range(0, len(arrays), size)])
+            return np.concatenate([fm.features_of_crops(torch.from_numpy(np.stack(crops[i:i + size]))).float().numpy()
+                                   for i in range(0, len(crops), size)])
     feats = forward(None)
 
     def head(_):
@@ -77,8 +77,8 @@ def profile_stages(predictor, files, scratch, reps: int = 3) -> tuple[dict, dict
     stages = {
         "read + sha256": repeat(lambda _: [read_input(f) for f in files], reps),
         "JPEG decode": repeat(lambda _: [decode(i, embedder.max_pixels, draft_size=fm.resolution) for i in inputs], reps),
-        "resize + crop + normalise": repeat(lambda _: [to_array(img, fm.resolution, fm.mean, fm.std) for img in decoded], reps),
-        "backbone forward": repeat(forward, reps),
+        "resize + crop": repeat(lambda _: [crop(img, fm.resolution) for img in decoded], reps),
+        "normalise + backbone forward": repeat(forward, reps),
         "head + softmax + top-k": repeat(head, reps),
         "cache write": repeat(cache_write, reps, setup=lambda: EmbeddingCache(scratch(), "profile")),
     }
@@ -102,29 +102,36 @@ def kernel_share(fn, reps: int) -> dict:
 
 
 REFERENCE_RESOLUTION = 224
-"""The backbone's own input size: today's head versions before the resolution lever, and the stock pipeline's."""
+"""The backbone's own input size: head versions before the resolution lever, and the stock pipeline's."""
+REFERENCE_PRECISION = "float32"
+"""The arithmetic of head versions before ``bfloat16-mixed`` (and the stock pipeline's): with
+``REFERENCE_RESOLUTION``, "today's" version that figure 1's accuracy is held to."""
 LEVER_RESOLUTION = 128
 """The resolution lever's fastest setting, timed beside the default with its test accuracy (a trade-off shown,
 not the product's default unless the validation rule of ``bench/resolution.py`` chose it)."""
 
 
 def _versions(bench, settings) -> tuple[dict, dict]:
-    """Head versions on the same training images at head mode's default resolution (``ours``, the one timed),
-    at ``REFERENCE_RESOLUTION`` and at ``LEVER_RESOLUTION``; with their held-out test accuracy (0–1) on the same
-    test images. Versions at the same resolution are one version."""
+    """Head versions on the same training images at head mode's defaults (``ours``, the one timed: resolution
+    and precision), at ``REFERENCE_RESOLUTION`` in ``REFERENCE_PRECISION`` (today's), and at ``LEVER_RESOLUTION``
+    in the default precision; with their held-out test accuracy (0–1) on the same test images. Roles with the
+    same resolution and precision are one version."""
     from bench.accuracy import head_accuracy
-    from training.config import HEAD_RESOLUTION
+    from training.config import HEAD_RESOLUTION, TrainConfig
     from training.data import load_folder
+    from training.run import head_precision
     train = load_folder(bench.slices().accuracy_train).samples
     test = load_folder(bench.slices().test_trained).samples
-    by_resolution = {HEAD_RESOLUTION: head_accuracy(bench, settings, train, test)}
-    for res in (REFERENCE_RESOLUTION, LEVER_RESOLUTION):
-        if res not in by_resolution:
-            by_resolution[res] = head_accuracy(bench, settings, train, test, res)
-    roles = {"ours": HEAD_RESOLUTION, "reference": REFERENCE_RESOLUTION, "lever": LEVER_RESOLUTION}
-    accuracy = {role: by_resolution[res]["accuracy"] for role, res in roles.items()}
-    accuracy.update(train=len(train), test=len(test), resolution=HEAD_RESOLUTION)
-    return {role: by_resolution[res]["version"] for role, res in roles.items()}, accuracy
+    precision = head_precision(TrainConfig(), str(bench.backbone_dir()))
+    roles = {"ours": (HEAD_RESOLUTION, precision), "reference": (REFERENCE_RESOLUTION, REFERENCE_PRECISION),
+             "lever": (LEVER_RESOLUTION, precision)}
+    trained: dict = {}
+    for res, prec in roles.values():
+        if (res, prec) not in trained:
+            trained[res, prec] = head_accuracy(bench, settings, train, test, res, precision=prec)
+    accuracy = {role: trained[key]["accuracy"] for role, key in roles.items()}
+    accuracy.update(train=len(train), test=len(test), resolution=HEAD_RESOLUTION, precision=precision)
+    return {role: trained[key]["version"] for role, key in roles.items()}, accuracy
 
 
 def run_batch(bench) -> dict:
@@ -137,6 +144,7 @@ def run_batch(bench) -> dict:
     files = image_files(bench.slices().batch)
     n = len(files)
     predictor = Predictor.load(version.path, version.version, bench.fresh_dir("cold-cache"), settings.max_image_pixels)
+    predictor.fm.warm(wait=True)  # compiled before anything is timed, as a running app has it
 
     def load():
         """The loaded predictor (as a running app holds it) with a new, empty embedding cache: a cold batch."""
@@ -188,6 +196,7 @@ def _lever_timing(bench, version, files, settings, reps: int):
     """Cold ``predict_batch`` on the ``LEVER_RESOLUTION`` version, each repetition with an empty cache."""
     from classifier.predict import Predictor
     predictor = Predictor.load(version.path, version.version, None, settings.max_image_pixels)
+    predictor.fm.warm(wait=True)
 
     def cold(_):
         results, errors = predictor.predict_batch(files)
@@ -202,18 +211,19 @@ def _batch_figures(t: dict, accuracy: dict, limit_s: float, compute: dict, n: in
     speedup, vs_limit = base / cold, cold / limit_s
     points = 100 * (accuracy["ours"] - accuracy["reference"])
     met = speedup >= 5 and points >= -0.5
+    today = f"today's version ({ref} px, {REFERENCE_PRECISION})"
     return [
-        Figure(f"{n} images, files → top-3 (cold: empty cache)" + (f", {res} px version vs the {ref} px one" if res != ref else ""),
+        Figure(f"{n} images, files → top-3 (cold: empty cache), {res} px {accuracy['precision']} version",
                "s", cold, base,
                f"pipeline, per image, {ref} px version", target="≥ 5× faster than the per-image pipeline, test accuracy "
-               f"within 0.5 points of the {ref} px version", met=met,
+               f"within 0.5 points of {today}", met=met,
                distance=(f"{speedup:.2f}× at {points:+.2f} points of test accuracy ({accuracy['ours']:.4f} vs "
                          f"{accuracy['reference']:.4f}, {accuracy['test']} test images)"),
-               note=(f"5× would be {fmt(base / 5, 's')}, below the compute limit of {fmt(limit_s, 's')} at {res} px: "
-                     "out of reach at this resolution on this machine" if base / 5 < limit_s else "")),
-        Figure(f"{n} images, cold, {LEVER_RESOLUTION} px version (the resolution lever)", "s", t["lever"].median, base,
-               f"pipeline, per image, {ref} px version",
-               note=(f"test accuracy {accuracy['lever']:.4f} vs {accuracy['reference']:.4f} at {ref} px "
+               note=(f"5× would be {fmt(base / 5, 's')}, below the float32 compute limit of {fmt(limit_s, 's')} at "
+                     f"{res} px" if base / 5 < limit_s else "")),
+        Figure(f"{n} images, cold, {LEVER_RESOLUTION} px {accuracy['precision']} version (the resolution lever)", "s",
+               t["lever"].median, base, f"pipeline, per image, {ref} px version",
+               note=(f"test accuracy {accuracy['lever']:.4f} vs {accuracy['reference']:.4f} for {today} "
                      f"({100 * (accuracy['lever'] - accuracy['reference']):+.2f} points); "
                      + ("head mode's default" if LEVER_RESOLUTION == res else
                         f"not the default: more than 0.5 points below {ref} px on validation images "
@@ -233,13 +243,14 @@ def _batch_figures(t: dict, accuracy: dict, limit_s: float, compute: dict, n: in
 
 
 def _batch_method(version, reference, accuracy: dict, n: int, agree: float) -> str:
-    res, ref, lever = accuracy["resolution"], REFERENCE_RESOLUTION, LEVER_RESOLUTION
-    baseline_version = (f"the same version folder ({ref} px, the backbone's own size)" if res == ref else
-                        f"a head version trained on the same images at {ref} px ({reference.version}, the backbone's "
-                        "own size, as versions were before)")
-    return (f"Ours: `Predictor.predict_batch` on a head version ({version.version}) at head mode's default input "
-            f"resolution ({res} px, `training.config.HEAD_RESOLUTION`, chosen on validation images: `python -m bench "
-            f"--only resolution`), from {n} JPEG paths to top-3 predictions (read, sha256, decode, "
+    res, ref, lever, prec = accuracy["resolution"], REFERENCE_RESOLUTION, LEVER_RESOLUTION, accuracy["precision"]
+    baseline_version = (f"a head version trained on the same images at {ref} px in {REFERENCE_PRECISION} "
+                        f"({reference.version}: the backbone's own size and arithmetic, as versions were before)")
+    return (f"Ours: `Predictor.predict_batch` on a head version ({version.version}) at head mode's defaults: "
+            f"{res} px (`training.config.HEAD_RESOLUTION`, chosen on validation images: `python -m bench --only "
+            f"resolution`) in {prec} (`training.config.HEAD_PRECISION` where the CPU has native bfloat16, chosen on "
+            "validation images; `classifier/runtime.py`, compiled with torch.compile where a C++ compiler is found: "
+            f"{version.info.get('graph', '?')}), from {n} JPEG paths to top-3 predictions (read, sha256, decode, "
             "resize/crop/normalise, backbone forward, head, top-k, cache write), with the version loaded once as a "
             "running app holds it; every cold repetition gets a new, empty embedding cache, so every image is decoded "
             f"and embedded. Baseline: `transformers.pipeline(\"image-classification\")` on {baseline_version}, "
@@ -247,8 +258,8 @@ def _batch_method(version, reference, accuracy: dict, n: int, agree: float) -> s
             "`batch_size=16`; and called image by image on our own version folder, which it reads at the same "
             f"{res} px. Model loading is outside every timing. Every version here: head mode on {accuracy['train']} "
             f"train-pool images, test accuracy on the same {accuracy['test']} held-out test images: "
-            f"{accuracy['ours']:.4f} at {res} px (ours), {accuracy['reference']:.4f} at {ref} px, "
-            f"{accuracy['lever']:.4f} at {lever} px (the resolution lever's row). Everything runs in this process, so "
+            f"{accuracy['ours']:.4f} at {res} px {prec} (ours), {accuracy['reference']:.4f} at {ref} px "
+            f"{REFERENCE_PRECISION} (today's), {accuracy['lever']:.4f} at {lever} px {prec} (the resolution lever's row). Everything runs in this process, so "
             "the baselines get the allocator setting of `classifier/memory.py` too (the levers table measures that "
             f"setting on its own). Top-1 labels of ours and the pipeline on the same version folder agree on "
             f"{agree:.1%} of the images.")
@@ -265,7 +276,7 @@ def where_time_goes(total_s: float, stages: dict, compute: dict, n: int, forward
     stage_sum = sum(stages.values())
     parts = ", ".join(f"{name} {fmt(sec, 's')} ({sec / stage_sum:.0%})"
                       for name, sec in sorted(stages.items(), key=lambda kv: -kv[1]))
-    forward = stages["backbone forward"]
+    forward = stages["normalise + backbone forward"]
     achieved = compute["flops_per_image"] * n / forward
     limit = compute["flops_per_image"] * n / compute["matmul_flop_per_s"]
     overlap = (f"decoding runs on a thread pool ahead of the forward pass and hides {fmt(stage_sum - total_s, 's')} of it"
@@ -286,8 +297,8 @@ def where_time_goes(total_s: float, stages: dict, compute: dict, n: int, forward
             f"{achieved / compute['matmul_flop_per_s']:.0%} of the {compute['matmul_flop_per_s'] / 1e9:.1f} GFLOP/s a "
             f"{MATMUL_N}² float32 matmul reaches here ({forward / limit:.1f}× the compute limit of {fmt(limit, 's')} "
             f"on its own). Of the CPU time the forward pass uses ({fmt(cpu, 's')} per batch over all threads), "
-            f"{memory}. Making the arithmetic itself cheaper is what remains: the levers table measures TorchScript / "
-            "torch.compile, bfloat16 and lower resolutions.")
+            f"{memory}. The levers table measures the float32 levers (TorchScript / torch.compile, bfloat16 autocast, "
+            "lower resolutions).")
 
 
 def first_embedding(bench) -> dict:
@@ -305,8 +316,8 @@ def first_embedding(bench) -> dict:
     cache = EmbeddingCache(settings.embeddings_dir, fm.cache_key)
     if len(cache):
         raise RuntimeError("the first-embedding cache is not empty; the figure would not be cold")
-    with torch.inference_mode():  # warm-up: the backbone has run once, as it has in any running app
-        fm.features(torch.zeros(8, 3, fm.resolution, fm.resolution))
+    with torch.inference_mode():  # warm-up: the backbone has run once (and is compiled), as in any running app
+        fm.features_of_crops(torch.zeros(8, fm.resolution, fm.resolution, 3, dtype=torch.uint8))
     stamps = []
     with CpuWatch() as watch:
         start = time.perf_counter()
@@ -320,7 +331,7 @@ def first_embedding(bench) -> dict:
     chunks = [c / (b - a) for c, a, b in zip(counts, edges, edges[1:]) if c == _EMBED_CHUNK]
     result = {"images": len(samples), "seconds": seconds, "list_and_hash_s": listed - start,
               "chunk_images_per_s": [round(c, 1) for c in chunks], "errors": len(errors),
-              "other_processes_cores": watch.other_cores, "resolution": fm.resolution}
+              "other_processes_cores": watch.other_cores, "resolution": fm.resolution, "precision": fm.precision}
     bench.shared["first_embedding"] = result
     bench.keep_features(feats)  # untimed: later sections (retrain, levers) need these vectors too
     return result

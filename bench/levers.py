@@ -39,6 +39,7 @@ def _predictors(version, settings, **variants):
     out = {}
     for name, attrs in variants.items():
         predictor = Predictor.load(version.path, version.version, None, settings.max_image_pixels)
+        predictor.fm.warm(wait=True)
         for key, value in attrs.items():
             setattr(predictor.embedder, key, value)
         out[name] = predictor

@@ -5,8 +5,9 @@ train-pool images (the ``accuracy_train`` slice) with the product's own validati
 (``TrainConfig.val_fraction`` = ``VAL_FRACTION``, fixed by each image's sha256, so every resolution is judged
 on the same images). The choice is the resolution with the fewest pixels (the least arithmetic per image)
 whose validation accuracy is at most ``TOLERANCE`` below 224 px; ``training.config.HEAD_RESOLUTION`` holds
-the value this section chose. At the chosen resolution it also measures bfloat16 autocast against float32 on
-the same validation images (top-1 agreement and accuracy), the other arithmetic lever. Speed per resolution is
+the value this section chose. Every version here is float32 (the resolution is chosen in float32;
+``training.config.HEAD_PRECISION`` documents how the arithmetic was chosen on top of it). At the chosen
+resolution it also measures all-bfloat16 autocast features under the float32 head (top-1 agreement and accuracy). Speed per resolution is
 the backbone's FLOPs per image (exact) and ``predict_batch`` on figure 1's batch with the cache disabled
 (timed round-robin; indicative on a busy machine).
 """
@@ -41,9 +42,10 @@ def _train_at(bench, train, resolution: int) -> tuple[dict, object]:
     from training.config import TrainConfig
     from training.run import train_version
     settings = bench.settings(f"resolution-{resolution}")
-    bench.seed_cache(settings.embeddings_dir, train, resolution)
+    bench.seed_cache(settings.embeddings_dir, train, resolution, "float32")
     registry = LocalRegistry(settings.models_dir)
-    result = train_version(train, TrainConfig(mode="head", resolution=resolution, val_fraction=VAL_FRACTION),
+    result = train_version(train, TrainConfig(mode="head", resolution=resolution, val_fraction=VAL_FRACTION,
+                                              precision="float32"),
                            settings, registry, activate=False)
     return result["metrics"], registry.get(result["version"])
 
@@ -61,8 +63,8 @@ def _bf16_check(bench, version, val, resolution: int) -> dict:
     """float32 vs bfloat16 autocast on the validation images at ``resolution``: agreement and accuracy (0–1)."""
     from classifier.embeddings import Embedder
     from classifier.images import ImageInput
-    fp32 = bench.prepared_features(val, resolution)
-    embedder = Embedder(bench.feature_model(resolution), None, 1 << 30)
+    fp32 = bench.prepared_features(val, resolution, "float32")
+    embedder = Embedder(bench.feature_model(resolution, "float32"), None, 1 << 30)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16, _ = embedder.embed([ImageInput(s.name, s.read(), s.sha256) for s in val])
     truth = np.array([s.label for s in val])
@@ -76,6 +78,8 @@ def _speed(bench, versions: dict, reps: int) -> dict:
     files = image_files(bench.slices().batch)
     settings = bench.settings("resolution-speed")
     predictors = {res: Predictor.load(v.path, v.version, None, settings.max_image_pixels) for res, v in versions.items()}
+    for p in predictors.values():
+        p.fm.warm(wait=True)
 
     def e2e(p, some):
         return lambda: p.predict_batch(some)

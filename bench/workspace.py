@@ -175,28 +175,30 @@ class Bench:
         return self._with_prefixes(folders, f"class folders under {self.data_arg}")
 
     # --- prepared (untimed) features -------------------------------------------------------------
-    def feature_model(self, resolution: int | None = None):
-        """The frozen backbone as the training code loads it (once per process), at ``resolution`` pixels or, by
-        default, at the resolution a head version trains at (``training.run.head_resolution``)."""
+    def feature_model(self, resolution: int | None = None, precision: str | None = None):
+        """The frozen backbone as the training code loads it (once per process) for a head version at
+        ``resolution`` pixels in ``precision``; by default at the resolution and precision a head version trains
+        at (``training.run.head_features``)."""
         from training.config import TrainConfig
-        from training.run import _backbone, head_resolution
-        backbone = str(self.backbone_dir())
-        return _backbone(backbone, resolution or head_resolution(TrainConfig(), backbone))
+        from training.run import head_features
+        fm = head_features(TrainConfig(resolution=resolution, precision=precision), str(self.backbone_dir()))
+        fm.warm(wait=True)  # compiled (where it compiles) before anything is timed, as in a running app
+        return fm
 
-    def _store(self, resolution: int | None = None):
+    def _store(self, resolution: int | None = None, precision: str | None = None):
         """The prepared-feature store for the backbone at ``resolution``: one cache object per run, so the
         (large) store is read from disk once, not once per use."""
         from classifier.embeddings import EmbeddingCache
-        key = self.feature_model(resolution).cache_key
+        key = self.feature_model(resolution, precision).cache_key
         if key not in self._stores:
             self._stores[key] = EmbeddingCache(self.work / "features", key)
         return self._stores[key]
 
-    def prepared_features(self, samples, resolution: int | None = None) -> dict:
+    def prepared_features(self, samples, resolution: int | None = None, precision: str | None = None) -> dict:
         """Backbone features of ``samples`` by sha256, computed once into ``_work/features`` (never timed)."""
         from classifier.embeddings import Embedder
         from training.run import embed_samples
-        fm, store = self.feature_model(resolution), self._store(resolution)
+        fm, store = self.feature_model(resolution, precision), self._store(resolution, precision)
         missing = len({s.sha256 for s in samples}) - len(store.get_many([s.sha256 for s in samples]))
         if missing:
             log.info("preparing %d features at %d px into bench/_work/features (not timed, kept for later runs)",
@@ -207,21 +209,22 @@ class Bench:
             self.preparation_s += time.perf_counter() - started
         return feats
 
-    def keep_features(self, feats: dict, resolution: int | None = None) -> None:
+    def keep_features(self, feats: dict, resolution: int | None = None, precision: str | None = None) -> None:
         """Add features computed by a timed pass to the prepared store (after its timing), for later sections."""
         import numpy as np
         if feats:
             shas = sorted(feats)
-            self._store(resolution).put_many(shas, np.stack([feats[s] for s in shas]))
+            self._store(resolution, precision).put_many(shas, np.stack([feats[s] for s in shas]))
 
-    def seed_cache(self, embeddings_root: Path, samples, resolution: int | None = None) -> int:
+    def seed_cache(self, embeddings_root: Path, samples, resolution: int | None = None,
+                   precision: str | None = None) -> int:
         """Put the samples' prepared features into an embedding-cache root (a section's
         ``settings.embeddings_dir`` or a predictor's ``cache_root``); returns how many vectors."""
         from classifier.embeddings import EmbeddingCache
         import numpy as np
-        feats = self.prepared_features(samples, resolution)
+        feats = self.prepared_features(samples, resolution, precision)
         shas = sorted({s.sha256 for s in samples if s.sha256 in feats})
-        cache = EmbeddingCache(Path(embeddings_root), self.feature_model(resolution).cache_key)
+        cache = EmbeddingCache(Path(embeddings_root), self.feature_model(resolution, precision).cache_key)
         cache.put_many(shas, np.stack([feats[s] for s in shas]))
         return len(shas)
 

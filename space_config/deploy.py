@@ -4,8 +4,8 @@
 
 Creates the Gradio Space if needed, makes its files exactly the app's files (``app.py``,
 ``settings.py``, ``engine/``, ``classifier/``, ``training/``, ``labeling/``, ``hub/``, ``scale/``, ``ui/``, plus this
-folder's ``README.md`` and ``requirements.txt``; never ``data/``, ``tests/``, ``.venv/`` or hidden
-files), sets the secrets (``HF_TOKEN``, ``APP_USERS``) and public variables (``HUB_MODEL_ID``,
+folder's ``README.md``, ``requirements.txt`` and ``packages.txt`` (Debian packages: a C++ compiler);
+never ``data/``, ``tests/``, ``.venv/`` or hidden files), sets the secrets (``HF_TOKEN``, ``APP_USERS``) and public variables (``HUB_MODEL_ID``,
 ``HUB_DATASET_ID``, ``HF_ALLOWED_USERS``) from this shell's environment, and requests hardware.
 ``--dry-run`` prints that plan (secret values hidden) and changes nothing.
 """
@@ -69,6 +69,7 @@ def space_files(root: Path = ROOT) -> dict[str, Path]:
                 files[rel.as_posix()] = path
     files["README.md"] = root / "space_config" / "README.md"
     files["requirements.txt"] = root / "space_config" / "requirements.txt"
+    files["packages.txt"] = root / "space_config" / "packages.txt"
     return files
 
 
