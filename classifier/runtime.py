@@ -13,9 +13,10 @@ Two precisions:
 
 The mixed graph takes uint8 crops and normalises them itself, so compiling it fuses the normalisation into
 the first convolution. It is compiled with ``torch.compile`` (inductor, weights frozen) once per process and
-backbone, on a background thread, when ``Settings.compile_backbone`` is on and a C++ compiler is found (about 4 s
-with inductor's on-disk cache warm, 18 s cold, on 2 cores); until then, or if compiling fails, the eager module
-runs (features within a cosine of 0.9999 of the compiled ones). The compiled graph runs at one fixed batch size
+backbone when ``Settings.compile_backbone`` is on and a C++ compiler is found (about 4 s with inductor's on-disk
+cache warm, 18 s cold, on 2 cores): before the first batch of a CLI, bulk or training process, and in the
+background in the app, which serves eagerly until it is ready. Where compiling fails the eager module runs
+(features within a cosine of 0.9999 of the compiled ones). The compiled graph runs at one fixed batch size
 (:data:`COMPILED_BATCH`, smaller batches are padded), so an image's features never depend on its batch.
 """
 from __future__ import annotations
@@ -76,6 +77,11 @@ def compiler_available() -> bool:
 _compiled: dict[str, object] = {}
 _started: dict[str, threading.Event] = {}
 _lock = threading.Lock()
+
+
+def started(key: str) -> bool:
+    """Whether compiling the graph for ``key`` has begun in this process (it may have ended)."""
+    return key in _started
 
 
 def compiling(key: str) -> bool:
