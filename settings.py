@@ -64,8 +64,9 @@ class Settings:
     """Let :mod:`classifier.memory` keep freed memory for reuse (``TUNE_MALLOC=0`` turns it off; so does
     setting glibc's own ``MALLOC_*`` variables or ``GLIBC_TUNABLES``, which are then left to rule)."""
     compile_backbone: bool = True
-    """Compile the ``bfloat16-mixed`` backbone graph with ``torch.compile`` where a C++ compiler is found
-    (``COMPILE_BACKBONE=0`` runs it eagerly: the same arithmetic, about 1.3× slower, no compile seconds)."""
+    """Let the app compile the ``bfloat16-mixed`` backbone graph with ``torch.compile`` where a C++ compiler is
+    found, in the background when it loads a version (``COMPILE_BACKBONE=0`` runs it eagerly: the same arithmetic,
+    about 1.3× slower, no compile seconds)."""
 
     @property
     def models_dir(self) -> Path:

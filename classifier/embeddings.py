@@ -121,15 +121,14 @@ class FeatureModel:
     def device(self) -> torch.device:
         return next(self.base.parameters()).device
 
-    def _compiled(self, wait: bool | None = None):
-        """The compiled graph, or None (run eagerly). ``wait=None``: the first use in a process compiles and waits
-        (a CLI, a bulk job or a training run computes every feature with one graph), while a compile already
-        running in the background (:meth:`warm`, as the app starts one when it loads a version) is not waited for."""
+    def _compiled(self, start: bool = False, wait: bool = False):
+        """The compiled graph, or None (run eagerly): compiling starts only through :meth:`warm` (the app does it
+        when it loads a version); short-lived processes (the CLI, bulk jobs, training runs) run eagerly."""
         from settings import get_settings
         if self._mixed is None or self.device.type != "cpu" or not get_settings().compile_backbone:
             return None
-        if wait is None:
-            wait = not runtime.started(self.cache_key)
+        if not start and not runtime.started(self.cache_key):
+            return None
         return runtime.compiled(self.cache_key, self._mixed, self.resolution, wait)
 
     @property
@@ -140,7 +139,7 @@ class FeatureModel:
     def warm(self, wait: bool = False) -> None:
         """Start compiling the backbone graph (seconds, on a background thread, once per process and backbone;
         until it is ready the same arithmetic runs eagerly); ``wait`` until it is done."""
-        self._compiled(wait=wait)
+        self._compiled(start=True, wait=wait)
 
     def features_of_crops(self, crops: torch.Tensor) -> torch.Tensor:
         """Pooled features (n, d) of uint8 crops (n, resolution, resolution, 3), as the Embedder, the bulk
@@ -155,7 +154,7 @@ class FeatureModel:
             mean, std = (torch.tensor(v, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1) for v in (self.mean, self.std))
             x = (pixels.to(torch.float32) * (1.0 / 255.0) - mean) / std
             return self.features(x)
-        compiled, n = self._compiled(), len(pixels)  # the first use in a process compiles (see _compiled)
+        compiled, n = self._compiled(), len(pixels)
         if compiled is None:
             return self._mixed(pixels)
         pixels = pixels.contiguous(memory_format=torch.channels_last)  # the compiled layout: no recompiling

@@ -14,9 +14,11 @@ Two precisions:
 The mixed graph takes uint8 crops and normalises them itself, so compiling it fuses the normalisation into
 the first convolution. It is compiled with ``torch.compile`` (inductor, weights frozen) once per process and
 backbone when ``Settings.compile_backbone`` is on and a C++ compiler is found (about 4 s with inductor's on-disk
-cache warm, 18 s cold, on 2 cores): before the first batch of a CLI, bulk or training process, and in the
-background in the app, which serves eagerly until it is ready. Where compiling fails the eager module runs
-(features within a cosine of 0.9999 of the compiled ones). The compiled graph runs at one fixed batch size
+cache warm, 18 s cold, on 2 cores): by the app, in the background when it loads a version (it serves eagerly until
+the graph is ready). Short-lived processes (the CLI, bulk jobs and their Ray actors, training runs) run the graph
+eagerly: compiling would cost them more than it saves, and a compiled Ray actor ran slower than an eager one next
+to the Ray processes on 2 cores. Where compiling fails the eager module runs (features within a cosine of 0.9999 of
+the compiled ones). The compiled graph runs at one fixed batch size
 (:data:`COMPILED_BATCH`, smaller batches are padded), so an image's features never depend on its batch.
 """
 from __future__ import annotations

@@ -84,8 +84,6 @@ def run_bulk(job: BulkJob, settings: Settings) -> dict:
     folder = registry.verify(version).path
     predictor = Predictor.load(folder, version, settings.embeddings_dir if job.fill_cache else None,
                                settings.max_image_pixels)
-    if job.engine == "local" and todo:
-        predictor.fm.warm(wait=True)  # compiled like a loaded model, before the scoring clock starts
     sink = _Sink(writer, job, source, settings, predictor)
     if job.record:
         sink.record_pending()

@@ -147,7 +147,6 @@ class ScoreActor:
         self.predictor = Predictor.load(Path(folder), version, None, max_pixels=max_pixels)
         if source is None and torch.cuda.is_available():
             self.predictor.fm.to("cuda")
-        self.predictor.fm.warm(wait=True)  # compile the graph (CPU, where it compiles) before the first batch
         self.source, self.top_k, self.with_embeddings = source, top_k, with_embeddings
         self.ready_at = time.time()  # wall clock: when this actor could score (its start is a fixed cost per job)
 
