@@ -171,8 +171,9 @@ def to_array(img: Image.Image, size: int, mean, std) -> np.ndarray:
 
 
 def normalise_pixels(pixels: np.ndarray, mean, std) -> np.ndarray:
-    """uint8 RGB pixels (..., size, size, 3) → normalised float32, channels first (..., 3, size, size): the
-    one place the model's input arithmetic lives (one image, or a batch of crops)."""
+    """uint8 RGB pixels (..., size, size, 3) → normalised float32, channels first (..., 3, size, size), in numpy:
+    finetune and scratch training read images this way. Predictions normalise in torch
+    (:meth:`classifier.embeddings.FeatureModel.features_of_crops`), bit for bit the same in float32 (tested)."""
     arr = np.asarray(pixels, dtype=np.float32) * (1.0 / 255.0)
     arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(np.moveaxis(arr, -1, -3))
