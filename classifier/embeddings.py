@@ -152,8 +152,7 @@ class FeatureModel:
     def _features_of_crops(self, pixels: torch.Tensor) -> torch.Tensor:
         if self._mixed is None:
             mean, std = (torch.tensor(v, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1) for v in (self.mean, self.std))
-            x = (pixels.to(torch.float32) * (1.0 / 255.0) - mean) / std
-            return self.features(x)
+            return self.features(runtime.normalise(pixels, mean, std))
         compiled, n = self._compiled(), len(pixels)
         if compiled is None:
             return self._mixed(pixels)

@@ -55,6 +55,12 @@ def bfloat16_native() -> bool:
         return False
 
 
+def normalise(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (n, 3, r, r) → ``(x / 255 - mean) / std`` in float32, the arithmetic of
+    :func:`classifier.images.normalise_pixels` (bit for bit): every path from crops to features normalises here."""
+    return (pixels.to(torch.float32) * (1.0 / 255.0) - mean) / std
+
+
 class MixedForward(torch.nn.Module):
     """uint8 crops (n, 3, r, r), any memory format → pooled features (n, d) float32, in :data:`MIXED` precision."""
 
@@ -67,7 +73,7 @@ class MixedForward(torch.nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        x = (crops.to(torch.float32) * (1.0 / 255.0) - self.mean) / self.std
+        x = normalise(crops, self.mean, self.std)
         return self.late(self.early(x).to(torch.bfloat16)).to(torch.float32).mean((2, 3))
 
 
