@@ -11,15 +11,17 @@ Two precisions:
   head trained on these features also works on float32 features (the stock ``pipeline``). The backbone forward
   is about 1.4× faster eager and 1.8× compiled on a CPU with native bfloat16 (avx512_bf16).
 
-The mixed graph takes uint8 crops and normalises them itself, so compiling it fuses the normalisation into
-the first convolution. It is compiled with ``torch.compile`` (inductor, weights frozen) once per process and
-backbone when ``Settings.compile_backbone`` is on and a C++ compiler is found (about 4 s with inductor's on-disk
-cache warm, 18 s cold, on 2 cores): by the app, in the background when it loads a version (it serves eagerly until
-the graph is ready). Short-lived processes (the CLI, bulk jobs and their Ray actors, training runs) run the graph
-eagerly: compiling would cost them more than it saves, and a compiled Ray actor ran slower than an eager one next
-to the Ray processes on 2 cores. Where compiling fails the eager module runs (features within a cosine of 0.9999 of
-the compiled ones). The compiled graph runs at one fixed batch size
-(:data:`COMPILED_BATCH`, smaller batches are padded), so an image's features never depend on its batch.
+Either graph takes uint8 crops and normalises them itself (:class:`CropForward`), so compiling it fuses the
+normalisation into the first convolution. It is compiled with ``torch.compile`` (inductor, weights frozen) once per
+process and cache key when ``Settings.compile_backbone`` is on and a C++ compiler is found (about 4 s with
+inductor's on-disk cache warm, 18-20 s cold, on 2 cores): by the app, in the background when it loads a version (it
+serves eagerly until the graph is ready). Once compiled, one batch is timed compiled and eager, and the compiled graph
+is kept only where it is the faster on this machine (the per-machine choice; ``graph`` in ``/status``'s
+``model_runtime`` says which runs). Short-lived processes (the CLI, bulk jobs and their Ray actors, training runs)
+run the graph eagerly: compiling would cost them more than it saves, and a compiled Ray actor ran slower than an
+eager one next to the Ray processes on 2 cores. Where compiling fails the eager module runs (features within a
+cosine of 0.9999 of the compiled ones). The compiled graph runs at one fixed batch size (:data:`COMPILED_BATCH`,
+smaller batches are padded), so an image's features never depend on its batch.
 """
 from __future__ import annotations
 
@@ -61,20 +63,37 @@ def normalise(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     return (pixels.to(torch.float32) * (1.0 / 255.0) - mean) / std
 
 
-class MixedForward(torch.nn.Module):
-    """uint8 crops (n, 3, r, r), any memory format → pooled features (n, d) float32, in :data:`MIXED` precision."""
+def pooled(out) -> torch.Tensor:
+    """A transformers backbone's output → pooled features (n, d): ``pooler_output``, or the first token of
+    ViT-style models (which classify it)."""
+    features = getattr(out, "pooler_output", None)
+    if features is None:
+        features = out.last_hidden_state[:, 0]
+    return features.flatten(1)
 
-    def __init__(self, base: torch.nn.Module, mean, std):
+
+class CropForward(torch.nn.Module):
+    """uint8 crops (n, 3, r, r), any memory format → pooled features (n, d) float32: :func:`normalise`, then the
+    backbone in ``precision``. In :data:`FLOAT32` it runs ``base`` itself (shared, not copied): the same operations
+    as :meth:`classifier.embeddings.FeatureModel.features`; :data:`MIXED` splits a copy of it."""
+
+    def __init__(self, base: torch.nn.Module, mean, std, precision: str = FLOAT32):
         super().__init__()
-        base = copy.deepcopy(base).eval()
-        self.early = torch.nn.Sequential(base.conv_stem, *base.layer[:FLOAT32_BLOCKS])
-        self.late = torch.nn.Sequential(*base.layer[FLOAT32_BLOCKS:], base.conv_1x1).to(torch.bfloat16)
+        self.precision = precision
+        if precision == MIXED:
+            base = copy.deepcopy(base).eval()
+            self.early = torch.nn.Sequential(base.conv_stem, *base.layer[:FLOAT32_BLOCKS])
+            self.late = torch.nn.Sequential(*base.layer[FLOAT32_BLOCKS:], base.conv_1x1).to(torch.bfloat16)
+        else:
+            self.base = base
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         x = normalise(crops, self.mean, self.std)
-        return self.late(self.early(x).to(torch.bfloat16)).to(torch.float32).mean((2, 3))
+        if self.precision == MIXED:
+            return self.late(self.early(x).to(torch.bfloat16)).to(torch.float32).mean((2, 3))
+        return pooled(self.base(pixel_values=x.contiguous(memory_format=torch.channels_last)))
 
 
 def compiler_available() -> bool:
@@ -103,7 +122,7 @@ def compiled_already(key: str) -> bool:
     return _compiled.get(key) is not None
 
 
-def compiled(key: str, module: MixedForward, resolution: int, wait: bool = False):
+def compiled(key: str, module: CropForward, resolution: int, wait: bool = False):
     """The process's compiled copy of ``module`` for ``key`` (backbone id, resolution, precision), or None while
     it is being compiled (on a background thread, started by the first call) and where compiling is not possible
     or failed: the caller then runs ``module`` eagerly. ``wait`` blocks until compiling has ended."""
@@ -118,10 +137,10 @@ def compiled(key: str, module: MixedForward, resolution: int, wait: bool = False
     return _compiled.get(key)
 
 
-def _compile(key: str, module: MixedForward, resolution: int, done: threading.Event) -> None:
+def _compile(key: str, module: CropForward, resolution: int, done: threading.Event) -> None:
     try:
         if not compiler_available():
-            log.info("No C++ compiler found: the %s backbone graph runs eagerly", MIXED)
+            log.info("No C++ compiler found: the %s backbone graph runs eagerly", module.precision)
             return
         started = time.monotonic()
         import torch._inductor.config as inductor_config
@@ -131,10 +150,31 @@ def _compile(key: str, module: MixedForward, resolution: int, done: threading.Ev
         example = torch.zeros(COMPILED_BATCH, resolution, resolution, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
         with torch.inference_mode():
             candidate(example)
+        seconds = time.monotonic() - started
+        compiled_s, eager_s = _timed(candidate, module, example)
+        if compiled_s >= eager_s:
+            log.info("Compiled the %s backbone graph for %s in %.1f s, but it ran a batch in %.3f s against %.3f s "
+                     "eagerly on this machine: running it eagerly", module.precision, key, seconds, compiled_s, eager_s)
+            return
         _compiled[key] = candidate
-        log.info("Compiled the %s backbone graph for %s in %.1f s", MIXED, key, time.monotonic() - started)
+        log.info("Compiled the %s backbone graph for %s in %.1f s: a batch in %.3f s against %.3f s eagerly",
+                 module.precision, key, seconds, compiled_s, eager_s)
     except Exception as exc:  # no working toolchain, an inductor limitation: eager is the same arithmetic
         log.warning("Could not compile the backbone (%s); running it eagerly",
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     finally:
         done.set()
+
+
+def _timed(candidate, module: CropForward, example: torch.Tensor, repeats: int = 3) -> tuple[float, float]:
+    """Best-of-``repeats`` seconds for one batch, compiled and eager, interleaved: the per-machine choice (on one
+    CPU the compiled float32 graph was 1.2× faster than eager, on another it did not pay)."""
+    best = [float("inf"), float("inf")]
+    with torch.inference_mode():
+        module(example)  # eager warm-up
+        for _ in range(repeats):
+            for i, fn in enumerate((candidate, module)):
+                start = time.perf_counter()
+                fn(example)
+                best[i] = min(best[i], time.perf_counter() - start)
+    return best[0], best[1]
