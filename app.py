@@ -435,9 +435,11 @@ def main(argv: list[str] | None = None) -> None:
     engine.start()
     demo = build_app(engine)
     demo.queue(max_size=64, default_concurrency_limit=4)
-    # Gradio's queue polls for work every 1 ms and for progress every 10 ms while idle (about 4% of a core here,
-    # with no tab open); 20 ms and 100 ms cost an event at most 20 ms before it starts and leave the idle app quiet.
-    demo._queue.sleep_when_free, demo._queue.progress_update_sleep_when_free = 0.02, 0.1
+    # Gradio's queue polls for work every 1 ms and for progress every 10 ms while idle (about 4% of a core with no
+    # tab open); at 20 ms and 100 ms the idle app's event loop still took 1.6% of a core on a slower CPU. 50 ms and
+    # 250 ms cost an event at most 50 ms before it starts (a 128-image request takes seconds) and progress bars move
+    # four times a second.
+    demo._queue.sleep_when_free, demo._queue.progress_update_sleep_when_free = 0.05, 0.25
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share,
                     max_file_size=f"{max(settings.max_upload_mb, settings.max_archive_mb)}mb", allowed_paths=[str(engine.thumbs_dir)],

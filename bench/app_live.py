@@ -33,7 +33,7 @@ def _app_cores(pid: int, seconds: float) -> float:
     return (process_cpu_seconds(pid) - start) / (time.perf_counter() - t)
 
 
-def _browser_figures(app, batch: list[Path], idle_s: float) -> dict:
+def _browser_figures(app, client, batch: list[Path], idle_s: float) -> dict:
     """App CPU with one tab open and nothing running; then upload → every card captioned (seconds)."""
     from playwright.sync_api import sync_playwright
     playwright = sync_playwright().start()
@@ -44,6 +44,7 @@ def _browser_figures(app, batch: list[Path], idle_s: float) -> dict:
         page.goto(app.url)
         page.wait_for_selector("#upload", timeout=60_000)
         time.sleep(3)  # the page's own start-up requests
+        quiet_s = app.wait_quiet(client)  # the cancelled run and the last batches' records are done
         one_tab = _app_cores(app.proc.pid, idle_s)
         with page.expect_file_chooser() as chooser:
             page.click("#upload")
@@ -57,7 +58,7 @@ def _browser_figures(app, batch: list[Path], idle_s: float) -> dict:
     finally:
         browser.close()
         playwright.stop()
-    return {"one_tab_cores": one_tab, "captioned_s": captioned}
+    return {"one_tab_cores": one_tab, "captioned_s": captioned, "one_tab_quiet_wait_s": quiet_s}
 
 
 def _during_training(client, batches: list[list[Path]]) -> dict:
@@ -95,11 +96,12 @@ def run(bench) -> dict:
         app.wait_model_ready()
         client = Client(app.url, verbose=False, analytics_enabled=False)
         _predict(client, batches[0])  # warm-up
+        no_tab_quiet_wait_s = app.wait_quiet(client)
         no_tab = _app_cores(app.proc.pid, idle_s)
         with CpuWatch((app.proc.pid,)) as watch:
             idle = [_predict(client, b) for b in batches[1:4]]
             training = _during_training(client, batches[4:7])
-        browser = _browser_figures(app, batches[7], idle_s)
+        browser = _browser_figures(app, client, batches[7], idle_s)
     idle_p50, train_p50 = statistics.median(idle), statistics.median(training["seconds"])
     throughout = all(training["training_throughout"])
     ratio = train_p50 / idle_p50
@@ -121,12 +123,14 @@ def run(bench) -> dict:
     return {"name": "live", "title": title,
             "method": (f"`python app.py` with its own DATA_DIR (head version {version.version} active, DATASET set to "
                        f"its training slice). Idle: the app process's CPU over {idle_s:.0f} s with no client, then with one "
-                       "headless Chromium tab on the page (after its start-up requests). Prediction during training: "
+                       "headless Chromium tab on the page (after its start-up requests), each once `/status` reports "
+                       "nothing running (no training run, no upload batch still being recorded). Prediction during training: "
                        f"3 requests of {n} new images through `gradio_client` while the app idles, then 3 while a "
                        f"`/retrain` run ({TRAIN_PARAMS}) is going (checked after each request), after which the run is "
                        f"cancelled. Browser: {n} new images handed to the Predict tab's upload button in Chromium, "
                        "timed until every card of the review grid shows its predicted class."),
             "figures": figures,
-            "details": {"idle_s": idle, "during_training": training, "no_tab_cores": no_tab, **browser},
+            "details": {"idle_s": idle, "during_training": training, "no_tab_cores": no_tab,
+                        "no_tab_quiet_wait_s": no_tab_quiet_wait_s, **browser},
             "other_processes_cores": watch.other_cores}
 

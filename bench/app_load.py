@@ -84,6 +84,17 @@ class AppProcess:
             time.sleep(0.25)
         raise RuntimeError(f"the app's model was not ready within {timeout_s:.0f} s: {self.log_tail()}")
 
+    def wait_quiet(self, client, timeout_s: float = 120.0) -> float:
+        """Seconds until ``/status`` reports nothing running: no training run and no upload batch still being
+        recorded (the app writes a batch's images and records after answering it). Idle figures start here."""
+        start = time.perf_counter()
+        while time.perf_counter() - start < timeout_s:
+            status = client.predict(api_name="/status")
+            if not status.get("training") and not status.get("uploads_recording"):
+                return time.perf_counter() - start
+            time.sleep(0.25)
+        raise RuntimeError(f"the app was still busy after {timeout_s:.0f} s: {self.log_tail()}")
+
     def peak_rss_mb(self) -> dict:
         """VmHWM (peak resident set) of the app process and of each child process (e.g. an embedded database)."""
         out = {"app": _vm_hwm_mb(self.proc.pid)}

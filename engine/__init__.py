@@ -238,6 +238,7 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
                   "labelled_images": None, "store_error": self.store_error,
                   "hub_error": self.publisher.hub_error if self.publisher else None,
                   "labels_not_pushed": self.journal.pending() if self.journal else None,
+                  "uploads_recording": self.recorder.pending(),
                   "model_runtime": predictor.runtime if predictor else None}
         try:
             status["labelled_images"] = self.store().count_labels()

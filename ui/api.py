@@ -59,7 +59,8 @@ def register_api(engine: Engine, h, api_btn, api_files, api_out) -> None:
         return engine.activate(version)
 
     def status() -> dict:
-        """Active version, classes, labelled-image count, whether training is running."""
+        """Active version, classes, labelled-image count, whether training is running, upload batches still being
+        recorded (``uploads_recording``), how the active version computes (``model_runtime``)."""
         return engine.status()
 
     @user_errors
