@@ -166,7 +166,7 @@ def _compile(key: str, module: CropForward, resolution: int, done: threading.Eve
         done.set()
 
 
-def _timed(candidate, module: CropForward, example: torch.Tensor, repeats: int = 3) -> tuple[float, float]:
+def _timed(candidate, module: CropForward, example: torch.Tensor, repeats: int = 5) -> tuple[float, float]:
     """Best-of-``repeats`` seconds for one batch, compiled and eager, interleaved: the per-machine choice (on one
     CPU the compiled float32 graph was 1.2× faster than eager, on another it did not pay)."""
     best = [float("inf"), float("inf")]
