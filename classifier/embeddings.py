@@ -68,7 +68,11 @@ def inplace_activations(module: torch.nn.Module) -> torch.nn.Module:
 
 
 INFERENCE_GRAPH = "eager, BatchNorm folded into the convolutions, in-place ReLU6, channels_last"
-"""What runs a float32 backbone until (and unless) the app has compiled a faster graph (classifier/runtime.py)."""
+"""What runs a float32 backbone. TorchScript and torch.compile were measured as levers (bench/levers.py), and a
+compiled float32 graph in the app: on an AVX2 CPU it ran a batch of 16 1.2-1.4× faster than eager, but a whole
+128-image prediction no faster (1.52 s against 1.45 s, median of 5 interleaved; its threads compete with the JPEG
+decoding that overlaps the forward). So float32 runs eagerly; the ``bfloat16-mixed`` graph is compiled where it can
+be (classifier/runtime.py)."""
 COMPILED_GRAPH = "torch.compile (inductor, frozen weights) of the {precision} graph, BatchNorm folded"
 EAGER_MIXED_GRAPH = "eager bfloat16-mixed graph, BatchNorm folded, in-place ReLU6, channels_last"
 
@@ -123,8 +127,8 @@ class FeatureModel:
         """The compiled graph, or None (run eagerly): compiling starts only through :meth:`warm` (the app does it
         when it loads a version); short-lived processes (the CLI, bulk jobs, training runs) run eagerly."""
         from settings import get_settings
-        if self.device.type != "cpu" or not get_settings().compile_backbone:
-            return None
+        if self.precision != runtime.MIXED or self.device.type != "cpu" or not get_settings().compile_backbone:
+            return None  # float32: a compiled graph ran a batch faster here but a whole prediction no faster
         if not start and not runtime.started(self.cache_key):
             return None
         return runtime.compiled(self.cache_key, self._graph, self.resolution, wait)
@@ -132,7 +136,7 @@ class FeatureModel:
     @property
     def compiling(self) -> bool:
         """Whether this model's graph is being compiled in the background (requests run it eagerly meanwhile)."""
-        return runtime.compiling(self.cache_key)
+        return self.precision == runtime.MIXED and runtime.compiling(self.cache_key)
 
     def warm(self, wait: bool = False) -> None:
         """Start compiling the backbone graph (seconds, on a background thread, once per process and backbone;

@@ -11,17 +11,18 @@ Two precisions:
   head trained on these features also works on float32 features (the stock ``pipeline``). The backbone forward
   is about 1.4× faster eager and 1.8× compiled on a CPU with native bfloat16 (avx512_bf16).
 
-Either graph takes uint8 crops and normalises them itself (:class:`CropForward`), so compiling it fuses the
-normalisation into the first convolution. It is compiled with ``torch.compile`` (inductor, weights frozen) once per
+Either graph takes uint8 crops and normalises them itself (:class:`CropForward`). The mixed graph is compiled with
+``torch.compile`` (inductor, weights frozen), which fuses the normalisation into the first convolution, once per
 process and cache key when ``Settings.compile_backbone`` is on and a C++ compiler is found (about 4 s with
-inductor's on-disk cache warm, 18-20 s cold, on 2 cores): by the app, in the background when it loads a version (it
-serves eagerly until the graph is ready). Once compiled, one batch is timed compiled and eager, and the compiled graph
-is kept only where it is the faster on this machine (the per-machine choice; ``graph`` in ``/status``'s
-``model_runtime`` says which runs). Short-lived processes (the CLI, bulk jobs and their Ray actors, training runs)
-run the graph eagerly: compiling would cost them more than it saves, and a compiled Ray actor ran slower than an
-eager one next to the Ray processes on 2 cores. Where compiling fails the eager module runs (features within a
-cosine of 0.9999 of the compiled ones). The compiled graph runs at one fixed batch size (:data:`COMPILED_BATCH`,
-smaller batches are padded), so an image's features never depend on its batch.
+inductor's on-disk cache warm, 18 s cold, on 2 cores): by the app, in the background when it loads a version (it
+serves eagerly until the graph is ready). Once compiled, a batch is timed compiled and eager, and the compiled graph
+is kept only where it is the faster on this machine (``graph`` in ``/status``'s ``model_runtime`` says which runs).
+The float32 graph runs eagerly (see :data:`classifier.embeddings.INFERENCE_GRAPH`). Short-lived processes (the CLI,
+bulk jobs and their Ray actors, training runs) run the mixed graph eagerly too: compiling would cost them more than
+it saves, and a compiled Ray actor ran slower than an eager one next to the Ray processes on 2 cores. Where compiling
+fails the eager module runs (features within a cosine of 0.9999 of the compiled ones). The compiled graph runs at
+one fixed batch size (:data:`COMPILED_BATCH`, smaller batches are padded), so an image's features never depend on
+its batch.
 """
 from __future__ import annotations
 
@@ -167,8 +168,7 @@ def _compile(key: str, module: CropForward, resolution: int, done: threading.Eve
 
 
 def _timed(candidate, module: CropForward, example: torch.Tensor, repeats: int = 5) -> tuple[float, float]:
-    """Best-of-``repeats`` seconds for one batch, compiled and eager, interleaved: the per-machine choice (on one
-    CPU the compiled float32 graph was 1.2× faster than eager, on another it did not pay)."""
+    """Best-of-``repeats`` seconds for one batch, compiled and eager, interleaved: the per-machine choice."""
     best = [float("inf"), float("inf")]
     with torch.inference_mode():
         module(example)  # eager warm-up

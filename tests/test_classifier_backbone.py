@@ -157,22 +157,23 @@ def test_crops_are_normalised_bit_for_bit_and_the_mixed_arithmetic_stays_close_t
             monkeypatch.setenv("COMPILE_BACKBONE", "1")
             get_settings.cache_clear()
             # The per-machine choice (compiled only where it is the faster) is forced to compiled here, to check
-            # the compiled graphs' numbers on any machine.
+            # the compiled graph's numbers on any machine.
             monkeypatch.setattr(runtime, "_timed", lambda *args: (0.0, 1.0))
-            for fm, reference in ((mixed, eager), (FeatureModel(model, processor, "bundled-compiled"), ours)):
-                fm.warm(wait=True)
-                with torch.inference_mode():
-                    compiled = fm.features_of_crops(crops)  # 6 images: padded to the graph's batch of 16
-                    one = fm.features_of_crops(crops[:1])
-                assert fm.inference_choice()["graph"].startswith("torch.compile")
-                assert torch.nn.functional.cosine_similarity(compiled, reference).min() > 0.999
-                assert torch.equal(one[0], compiled[0])  # an image's features do not depend on its batch
-            monkeypatch.setattr(runtime, "_timed", lambda *args: (1.0, 0.5))  # compiled ran slower here
-            slower = FeatureModel(model, processor, "bundled-slower")
-            slower.warm(wait=True)
-            assert slower.inference_choice()["graph"] == fp32.inference_choice()["graph"]
+            mixed.warm(wait=True)
             with torch.inference_mode():
-                assert torch.equal(slower.features_of_crops(crops), ours)  # the eager float32 arithmetic
+                compiled = mixed.features_of_crops(crops)  # 6 images: padded to the graph's batch of 16
+                one = mixed.features_of_crops(crops[:1])
+            assert mixed.inference_choice()["graph"].startswith("torch.compile")
+            assert torch.nn.functional.cosine_similarity(compiled, eager).min() > 0.999
+            assert torch.equal(one[0], compiled[0])  # an image's features do not depend on its batch
+            fp32.warm(wait=True)  # float32 is never compiled
+            assert fp32.inference_choice()["graph"] == "eager, BatchNorm folded into the convolutions, in-place ReLU6, channels_last"
+            monkeypatch.setattr(runtime, "_timed", lambda *args: (1.0, 0.5))  # compiled ran slower here
+            slower = FeatureModel(model, processor, "bundled-slower", runtime.MIXED)
+            slower.warm(wait=True)
+            assert slower.inference_choice()["graph"].startswith("eager bfloat16-mixed")
+            with torch.inference_mode():
+                assert torch.equal(slower.features_of_crops(crops), eager)  # the eager mixed arithmetic
     finally:
         get_settings.cache_clear()
     with pytest.raises(PlatformError, match="precision 'float8'"):
