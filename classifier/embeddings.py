@@ -73,7 +73,7 @@ compiled float32 graph in the app: on an AVX2 CPU it ran a batch of 16 1.2-1.4×
 128-image prediction no faster (1.52 s against 1.45 s, median of 5 interleaved; its threads compete with the JPEG
 decoding that overlaps the forward). So float32 runs eagerly; the ``bfloat16-mixed`` graph is compiled where it can
 be (classifier/runtime.py)."""
-COMPILED_GRAPH = "torch.compile (inductor, frozen weights) of the {precision} graph, BatchNorm folded"
+COMPILED_GRAPH = "torch.compile (inductor, frozen weights) of the bfloat16-mixed graph, BatchNorm folded"
 EAGER_MIXED_GRAPH = "eager bfloat16-mixed graph, BatchNorm folded, in-place ReLU6, channels_last"
 
 
@@ -97,15 +97,15 @@ class FeatureModel:
         if precision == runtime.MIXED and not runtime.supports_mixed(self.base):
             raise PlatformError(f"{runtime.MIXED} needs a MobileNetV2-style backbone; {backbone_id} is not one")
         self.precision = precision
-        self._graph = runtime.CropForward(self.base, self.mean, self.std, precision).eval()
+        self._mixed = runtime.MixedForward(self.base, self.mean, self.std).eval() if precision == runtime.MIXED else None
 
     def inference_choice(self) -> dict:
         """How this model computes features, as a version records it and ``/status`` reports it: ``resolution``
         (input side, pixels), ``precision`` and ``graph``."""
-        if runtime.compiled_already(self.cache_key):
-            graph = COMPILED_GRAPH.format(precision=self.precision)
+        if self._mixed is None:
+            graph = INFERENCE_GRAPH
         else:
-            graph = INFERENCE_GRAPH if self.precision == runtime.FLOAT32 else EAGER_MIXED_GRAPH
+            graph = COMPILED_GRAPH if runtime.compiled_already(self.cache_key) else EAGER_MIXED_GRAPH
         return {"resolution": self.resolution, "precision": self.precision, "graph": graph}
 
     @property
@@ -115,8 +115,9 @@ class FeatureModel:
 
     def to(self, device) -> "FeatureModel":
         """Move the inference copies (and the head) to ``device``, e.g. a bulk worker's GPU."""
-        for module in (self.base, self.head, self._graph):
-            module.to(device)
+        for module in (self.base, self.head, self._mixed):
+            if module is not None:
+                module.to(device)
         return self
 
     @property
@@ -127,16 +128,16 @@ class FeatureModel:
         """The compiled graph, or None (run eagerly): compiling starts only through :meth:`warm` (the app does it
         when it loads a version); short-lived processes (the CLI, bulk jobs, training runs) run eagerly."""
         from settings import get_settings
-        if self.precision != runtime.MIXED or self.device.type != "cpu" or not get_settings().compile_backbone:
+        if self._mixed is None or self.device.type != "cpu" or not get_settings().compile_backbone:
             return None  # float32: a compiled graph ran a batch faster here but a whole prediction no faster
         if not start and not runtime.started(self.cache_key):
             return None
-        return runtime.compiled(self.cache_key, self._graph, self.resolution, wait)
+        return runtime.compiled(self.cache_key, self._mixed, self.resolution, wait)
 
     @property
     def compiling(self) -> bool:
         """Whether this model's graph is being compiled in the background (requests run it eagerly meanwhile)."""
-        return self.precision == runtime.MIXED and runtime.compiling(self.cache_key)
+        return self._mixed is not None and runtime.compiling(self.cache_key)
 
     def warm(self, wait: bool = False) -> None:
         """Start compiling the backbone graph (seconds, on a background thread, once per process and backbone;
@@ -152,12 +153,12 @@ class FeatureModel:
             return self._features_of_crops(crops.to(self.device).permute(0, 3, 1, 2))  # channels_last, no copy
 
     def _features_of_crops(self, pixels: torch.Tensor) -> torch.Tensor:
-        compiled, n = self._compiled(), len(pixels)
-        if compiled is None and self.precision == runtime.FLOAT32:  # this model's own mean/std, as they are now
+        if self._mixed is None:
             mean, std = (torch.tensor(v, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1) for v in (self.mean, self.std))
             return self.features(runtime.normalise(pixels, mean, std))
+        compiled, n = self._compiled(), len(pixels)
         if compiled is None:
-            return self._graph(pixels)
+            return self._mixed(pixels)
         pixels = pixels.contiguous(memory_format=torch.channels_last)  # the compiled layout: no recompiling
         out = []
         for start in range(0, n, runtime.COMPILED_BATCH):
@@ -171,7 +172,11 @@ class FeatureModel:
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pooled features, shape (n, d), of normalised float32 pixels in this model's float32 arithmetic
         (finetuning and the levers; predictions go through :meth:`features_of_crops`)."""
-        return runtime.pooled(self.base(pixel_values=pixel_values.contiguous(memory_format=torch.channels_last)))
+        out = self.base(pixel_values=pixel_values.contiguous(memory_format=torch.channels_last))
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:  # ViT-style models classify the first token
+            pooled = out.last_hidden_state[:, 0]
+        return pooled.flatten(1)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)

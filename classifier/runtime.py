@@ -11,7 +11,7 @@ Two precisions:
   head trained on these features also works on float32 features (the stock ``pipeline``). The backbone forward
   is about 1.4× faster eager and 1.8× compiled on a CPU with native bfloat16 (avx512_bf16).
 
-Either graph takes uint8 crops and normalises them itself (:class:`CropForward`). The mixed graph is compiled with
+The mixed graph (:class:`MixedForward`) takes uint8 crops and normalises them itself. It is compiled with
 ``torch.compile`` (inductor, weights frozen), which fuses the normalisation into the first convolution, once per
 process and cache key when ``Settings.compile_backbone`` is on and a C++ compiler is found (about 4 s with
 inductor's on-disk cache warm, 18 s cold, on 2 cores): by the app, in the background when it loads a version (it
@@ -64,37 +64,20 @@ def normalise(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     return (pixels.to(torch.float32) * (1.0 / 255.0) - mean) / std
 
 
-def pooled(out) -> torch.Tensor:
-    """A transformers backbone's output → pooled features (n, d): ``pooler_output``, or the first token of
-    ViT-style models (which classify it)."""
-    features = getattr(out, "pooler_output", None)
-    if features is None:
-        features = out.last_hidden_state[:, 0]
-    return features.flatten(1)
+class MixedForward(torch.nn.Module):
+    """uint8 crops (n, 3, r, r), any memory format → pooled features (n, d) float32, in :data:`MIXED` precision."""
 
-
-class CropForward(torch.nn.Module):
-    """uint8 crops (n, 3, r, r), any memory format → pooled features (n, d) float32: :func:`normalise`, then the
-    backbone in ``precision``. In :data:`FLOAT32` it runs ``base`` itself (shared, not copied): the same operations
-    as :meth:`classifier.embeddings.FeatureModel.features`; :data:`MIXED` splits a copy of it."""
-
-    def __init__(self, base: torch.nn.Module, mean, std, precision: str = FLOAT32):
+    def __init__(self, base: torch.nn.Module, mean, std):
         super().__init__()
-        self.precision = precision
-        if precision == MIXED:
-            base = copy.deepcopy(base).eval()
-            self.early = torch.nn.Sequential(base.conv_stem, *base.layer[:FLOAT32_BLOCKS])
-            self.late = torch.nn.Sequential(*base.layer[FLOAT32_BLOCKS:], base.conv_1x1).to(torch.bfloat16)
-        else:
-            self.base = base
+        base = copy.deepcopy(base).eval()
+        self.early = torch.nn.Sequential(base.conv_stem, *base.layer[:FLOAT32_BLOCKS])
+        self.late = torch.nn.Sequential(*base.layer[FLOAT32_BLOCKS:], base.conv_1x1).to(torch.bfloat16)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         x = normalise(crops, self.mean, self.std)
-        if self.precision == MIXED:
-            return self.late(self.early(x).to(torch.bfloat16)).to(torch.float32).mean((2, 3))
-        return pooled(self.base(pixel_values=x.contiguous(memory_format=torch.channels_last)))
+        return self.late(self.early(x).to(torch.bfloat16)).to(torch.float32).mean((2, 3))
 
 
 def compiler_available() -> bool:
@@ -123,7 +106,7 @@ def compiled_already(key: str) -> bool:
     return _compiled.get(key) is not None
 
 
-def compiled(key: str, module: CropForward, resolution: int, wait: bool = False):
+def compiled(key: str, module: MixedForward, resolution: int, wait: bool = False):
     """The process's compiled copy of ``module`` for ``key`` (backbone id, resolution, precision), or None while
     it is being compiled (on a background thread, started by the first call) and where compiling is not possible
     or failed: the caller then runs ``module`` eagerly. ``wait`` blocks until compiling has ended."""
@@ -138,10 +121,10 @@ def compiled(key: str, module: CropForward, resolution: int, wait: bool = False)
     return _compiled.get(key)
 
 
-def _compile(key: str, module: CropForward, resolution: int, done: threading.Event) -> None:
+def _compile(key: str, module: MixedForward, resolution: int, done: threading.Event) -> None:
     try:
         if not compiler_available():
-            log.info("No C++ compiler found: the %s backbone graph runs eagerly", module.precision)
+            log.info("No C++ compiler found: the %s backbone graph runs eagerly", MIXED)
             return
         started = time.monotonic()
         import torch._inductor.config as inductor_config
@@ -155,11 +138,11 @@ def _compile(key: str, module: CropForward, resolution: int, done: threading.Eve
         compiled_s, eager_s = _timed(candidate, module, example)
         if compiled_s >= eager_s:
             log.info("Compiled the %s backbone graph for %s in %.1f s, but it ran a batch in %.3f s against %.3f s "
-                     "eagerly on this machine: running it eagerly", module.precision, key, seconds, compiled_s, eager_s)
+                     "eagerly on this machine: running it eagerly", MIXED, key, seconds, compiled_s, eager_s)
             return
         _compiled[key] = candidate
         log.info("Compiled the %s backbone graph for %s in %.1f s: a batch in %.3f s against %.3f s eagerly",
-                 module.precision, key, seconds, compiled_s, eager_s)
+                 MIXED, key, seconds, compiled_s, eager_s)
     except Exception as exc:  # no working toolchain, an inductor limitation: eager is the same arithmetic
         log.warning("Could not compile the backbone (%s); running it eagerly",
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -167,7 +150,7 @@ def _compile(key: str, module: CropForward, resolution: int, done: threading.Eve
         done.set()
 
 
-def _timed(candidate, module: CropForward, example: torch.Tensor, repeats: int = 5) -> tuple[float, float]:
+def _timed(candidate, module: MixedForward, example: torch.Tensor, repeats: int = 5) -> tuple[float, float]:
     """Best-of-``repeats`` seconds for one batch, compiled and eager, interleaved: the per-machine choice."""
     best = [float("inf"), float("inf")]
     with torch.inference_mode():
