@@ -63,6 +63,9 @@ class Settings:
     tune_malloc: bool = True
     """Let :mod:`classifier.memory` keep freed memory for reuse (``TUNE_MALLOC=0`` turns it off; so does
     setting glibc's own ``MALLOC_*`` variables or ``GLIBC_TUNABLES``, which are then left to rule)."""
+    prefetch_uploads: bool = True
+    """Embed uploaded images while the rest of their batch is still arriving, so the prediction that follows
+    reads them from the embedding cache (``engine/prefetch.py``; ``PREFETCH_UPLOADS=0`` turns it off)."""
     compile_backbone: bool = True
     """Let the app compile the ``bfloat16-mixed`` backbone graph with ``torch.compile`` where a C++ compiler is
     found, in the background when it loads a version (``COMPILE_BACKBONE=0`` runs it eagerly: the same arithmetic,
@@ -166,6 +169,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         oauth_allowed=tuple(x.strip() for x in (env.get("HF_ALLOWED_USERS") or "").split(",") if x.strip()),
         promotion_tolerance=_fraction(env, "PROMOTION_TOLERANCE", 0.01),
         compile_backbone=_flag(env, "COMPILE_BACKBONE"),
+        prefetch_uploads=_flag(env, "PREFETCH_UPLOADS"),
         tune_malloc=(_flag(env, "TUNE_MALLOC")
                      and not any(k in env for k in GLIBC_MALLOC_VARS)
                      and "malloc" not in env.get("GLIBC_TUNABLES", "")),

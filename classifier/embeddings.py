@@ -273,6 +273,11 @@ class Embedder:
         except PlatformError as exc:
             return str(exc)
 
+    def missing(self, images: list[ImageInput]) -> list[ImageInput]:
+        """The images (one per sha256) whose features are not in the cache yet."""
+        cached = self.cache.get_many([i.sha256 for i in images]) if self.cache is not None else {}
+        return list({i.sha256: i for i in images if i.sha256 not in cached}.values())
+
     def embed(self, images: list[ImageInput], progress: ProgressFn | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Features by sha256 for every decodable image, and an error message by sha256 for the rest."""

@@ -11,7 +11,9 @@ training took 2.3× its idle time). :data:`PREDICTIONS` is the one process-wide 
   ``max_wait_s``, so training cannot be starved by a stream of requests;
 * ``PREDICTIONS.wait_until_idle()`` between chunks of the upload recorder's store writes, likewise;
 * ``with PREDICTIONS.receiving():`` around an upload the server is receiving (the app's upload routes), which
-  background work waits for too.
+  background work waits for too;
+* ``PREDICTIONS.wait_while_predicting()`` before embedding uploaded images ahead of their prediction
+  (``engine/prefetch.py``), which then takes a ``turn()`` per small chunk.
 """
 from __future__ import annotations
 
@@ -70,6 +72,12 @@ class PredictionPriority:
         """Predictions running or queued now."""
         with self._cond:
             return self._in_flight
+
+    def wait_while_predicting(self, max_wait_s: float = MAX_TRAINING_PAUSE_S) -> None:
+        """Block while a prediction is in flight or queued (uploads being received do not count), at most
+        ``max_wait_s``: background work that a prediction would otherwise do itself (embedding uploads ahead)."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._in_flight, max_wait_s)
 
     def yield_to_predictions(self, max_wait_s: float = MAX_TRAINING_PAUSE_S) -> float:
         """Training's pause: block while predictions are in flight (at most ``max_wait_s``); returns the

@@ -16,6 +16,7 @@ from classifier.registry import LocalRegistry
 from classifier.uploads import expand_uploads
 from engine.audit import AuditMixin
 from engine.labels import LabelsMixin
+from engine.prefetch import UploadPrefetcher
 from engine.training import TrainingMixin
 from labeling.recorder import UploadRecorder
 from settings import PlatformError, Settings
@@ -58,6 +59,8 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
         self._store_lock = threading.Lock()
         self.recorder = UploadRecorder(self.store, pause=lambda: PREDICTIONS.wait_until_idle(RECORDER_MAX_PAUSE_S, RECORDER_QUIET_S))
         """Writes uploaded images and batch records after the prediction has answered (see labeling/recorder.py)."""
+        self.prefetcher = UploadPrefetcher(self.live, settings.max_upload_mb) if settings.prefetch_uploads else None
+        """Embeds uploaded images while the rest of their batch arrives (see engine/prefetch.py)."""
         self.store_error: str | None = None
         self.thumbs_dir = settings.data_dir / "thumbs"
         self._audit_cache = None  # (key, LabelledSet) of the last audit, see engine.audit
@@ -103,6 +106,8 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
             return self._store
 
     def close(self) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.close()
         self.recorder.close()  # queued uploads are written before the store closes
         for part in (self.journal, self.publisher):
             if part is not None:
@@ -117,6 +122,11 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
         """Context manager around receiving an upload (the app's upload routes): the upload recorder and training
         steps wait while one is received, as they do for predictions (:mod:`classifier.priority`)."""
         return PREDICTIONS.receiving()
+
+    def received(self, paths: list[str]) -> None:
+        """An upload route saved these files: embed the images among them ahead of their prediction."""
+        if self.prefetcher is not None:
+            self.prefetcher.submit(paths)
 
     def predict(self, sources, progress: Progress | None = None, thumbnails: bool = False, record: bool = True,
                 version: str | None = None, max_batch: int | None = None, top_k: int = 3, rank: bool = False) -> dict:
@@ -239,6 +249,7 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
                   "hub_error": self.publisher.hub_error if self.publisher else None,
                   "labels_not_pushed": self.journal.pending() if self.journal else None,
                   "uploads_recording": self.recorder.pending(),
+                  "uploads_embedding": self.prefetcher.pending() if self.prefetcher else 0,
                   "model_runtime": predictor.runtime if predictor else None}
         try:
             status["labelled_images"] = self.store().count_labels()

@@ -3,7 +3,10 @@ concurrent requests through the engine each get their own rows."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 from classifier.priority import PredictionPriority
 from conftest import make_image
@@ -85,17 +88,68 @@ def test_background_work_also_waits_out_a_quiet_period_after_the_last_prediction
 
 
 def test_the_app_marks_uploads_being_received_so_background_work_waits():
-    """ui.activity.UploadActivity wraps the upload routes (and only them) in the engine's ``receiving()``."""
+    """ui.activity.UploadActivity wraps the upload routes (and only them) in the engine's ``receiving()``, and
+    hands the paths an upload route answered with (a 200 JSON list) to the engine's ``received()``."""
     import asyncio
+    import json
     from types import SimpleNamespace
     from classifier.priority import PredictionPriority
     from ui.activity import UploadActivity
-    priority, seen = PredictionPriority(), {}
+    priority, seen, received, sent = PredictionPriority(), {}, [], []
 
     async def inner(scope, receive, send):
         seen[scope["path"]] = priority.busy()
-    middleware = UploadActivity(inner, engine=SimpleNamespace(receiving=priority.receiving))
-    for path in ("/gradio_api/upload", "/gradio_api/queue/join"):
-        asyncio.run(middleware({"type": "http", "path": path}, None, None))
+        await send({"type": "http.response.start", "status": scope["status"], "headers": []})
+        await send({"type": "http.response.body", "body": json.dumps(["/tmp/g/a.jpg", "/tmp/g/b.zip"]).encode()})
+
+    async def client(message):
+        sent.append(message["type"])
+    middleware = UploadActivity(inner, engine=SimpleNamespace(receiving=priority.receiving, received=received.append))
+    for path, status in (("/gradio_api/upload", 200), ("/gradio_api/queue/join", 200), ("/gradio_api/upload", 413)):
+        asyncio.run(middleware({"type": "http", "path": path, "status": status}, None, client))
     assert seen == {"/gradio_api/upload": True, "/gradio_api/queue/join": False}
     assert not priority.busy()
+    assert received == [["/tmp/g/a.jpg", "/tmp/g/b.zip"]]  # once: the refused upload (413) hands nothing on
+    assert sent == ["http.response.start", "http.response.body"] * 3  # every answer still reaches the client
+
+
+def test_uploaded_images_are_embedded_ahead_of_their_prediction_but_never_during_one(head_version, tmp_path):
+    """engine.prefetch.UploadPrefetcher: the images among an upload's saved files (not archives, not files gone
+    meanwhile) are embedded into the cache with the live version once no prediction is in flight; the
+    prediction that follows reads them from the cache and answers exactly what a cold prediction does."""
+    import shutil
+    from classifier.live import LiveModel
+    from classifier.predict import Predictor
+    from classifier.priority import PREDICTIONS
+    from classifier.registry import LocalRegistry
+    from conftest import make_image
+    from engine.prefetch import UploadPrefetcher
+    from settings import load_settings
+    data = tmp_path / "data"
+    shutil.copytree(head_version.data_dir, data)
+    settings = load_settings({"DATA_DIR": str(data)})
+    live = LiveModel(LocalRegistry(settings.models_dir), settings)
+    files = []
+    for i, kind in enumerate(["ellipse", "rectangle", "stripes", "ellipse", "rectangle"]):
+        files.append(tmp_path / f"upload{i}.jpg")
+        make_image(kind, (200, 40 * i, 90), seed=900 + i).save(files[-1], quality=90)
+    (tmp_path / "batch.zip").write_bytes(b"PK not really")
+    paths = [str(f) for f in files] + [str(tmp_path / "batch.zip"), str(tmp_path / "gone.png")]
+    prefetcher = UploadPrefetcher(live, settings.max_upload_mb)
+    try:
+        with PREDICTIONS.turn():  # a prediction is running: nothing is embedded meanwhile
+            assert prefetcher.submit(paths) == 6  # the .zip is left to the prediction
+            time.sleep(0.5)
+            assert prefetcher.embedded == 0 and prefetcher.pending() > 0
+        assert prefetcher.wait(120)
+        assert prefetcher.embedded == len(files)
+        predictor = live.current()
+        warm, _ = predictor.predict_batch([str(f) for f in files])
+        assert prefetcher.submit(paths) == 6 and prefetcher.wait(60)
+        assert prefetcher.embedded == len(files)  # all cached already: nothing is embedded twice
+    finally:
+        prefetcher.close()
+    cold, _ = Predictor.load(settings.models_dir / "v1", "v1", tmp_path / "cold-cache",
+                             settings.max_image_pixels).predict_batch([str(f) for f in files])
+    assert [r["label"] for r in warm] == [r["label"] for r in cold]
+    assert np.allclose([r["confidence"] for r in warm], [r["confidence"] for r in cold], atol=1e-6)

@@ -60,7 +60,8 @@ def register_api(engine: Engine, h, api_btn, api_files, api_out) -> None:
 
     def status() -> dict:
         """Active version, classes, labelled-image count, whether training is running, upload batches still being
-        recorded (``uploads_recording``), how the active version computes (``model_runtime``)."""
+        recorded (``uploads_recording``), uploaded images still being embedded ahead of their prediction
+        (``uploads_embedding``), how the active version computes (``model_runtime``)."""
         return engine.status()
 
     @user_errors
