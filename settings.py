@@ -67,9 +67,10 @@ class Settings:
     """Embed uploaded images while the rest of their batch is still arriving, so the prediction that follows
     reads them from the embedding cache (``engine/prefetch.py``; ``PREFETCH_UPLOADS=0`` turns it off)."""
     compile_backbone: bool = True
-    """Let the app compile the ``bfloat16-mixed`` backbone graph with ``torch.compile`` where a C++ compiler is
-    found, in the background when it loads a version (``COMPILE_BACKBONE=0`` runs it eagerly: the same arithmetic,
-    about 1.3× slower, no compile seconds)."""
+    """Let the app build a faster graph of the backbone in the background when it loads a version: ``torch.compile``
+    for ``bfloat16-mixed`` where a C++ compiler is found, ONNX Runtime for float32; each is used only where it ran
+    faster than eager here (``COMPILE_BACKBONE=0`` runs it eagerly: the same arithmetic, 1.3-2× slower, no build
+    seconds). See classifier/runtime.py."""
 
     @property
     def models_dir(self) -> Path:

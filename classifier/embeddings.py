@@ -68,11 +68,13 @@ def inplace_activations(module: torch.nn.Module) -> torch.nn.Module:
 
 
 INFERENCE_GRAPH = "eager, BatchNorm folded into the convolutions, in-place ReLU6, channels_last"
-"""What runs a float32 backbone. TorchScript and torch.compile were measured as levers (bench/levers.py), and a
-compiled float32 graph in the app: on an AVX2 CPU it ran a batch of 16 1.2-1.4× faster than eager, but a whole
-128-image prediction no faster (1.52 s against 1.45 s, median of 5 interleaved; its threads compete with the JPEG
-decoding that overlaps the forward). So float32 runs eagerly; the ``bfloat16-mixed`` graph is compiled where it can
-be (classifier/runtime.py)."""
+"""What runs a float32 backbone eagerly: in short-lived processes, and in the app until its ONNX Runtime graph is
+ready or where that graph is not the faster. TorchScript and torch.compile were measured as levers
+(bench/levers.py), and a compiled float32 graph in the app: on an AVX2 CPU it ran a batch of 16 1.2-1.4× faster
+than eager, but a whole 128-image prediction no faster (1.52 s against 1.45 s, median of 5 interleaved; its threads
+compete with the JPEG decoding that overlaps the forward). ONNX Runtime made the same prediction 1.45× faster
+(1.50 s against 2.18 s, 4 interleaved pairs), see classifier/runtime.py."""
+ONNX_GRAPH = "ONNX Runtime session of the float32 graph, BatchNorm folded"
 COMPILED_GRAPH = "torch.compile (inductor, frozen weights) of the bfloat16-mixed graph, BatchNorm folded"
 EAGER_MIXED_GRAPH = "eager bfloat16-mixed graph, BatchNorm folded, in-place ReLU6, channels_last"
 
@@ -97,15 +99,18 @@ class FeatureModel:
         if precision == runtime.MIXED and not runtime.supports_mixed(self.base):
             raise PlatformError(f"{runtime.MIXED} needs a MobileNetV2-style backbone; {backbone_id} is not one")
         self.precision = precision
-        self._mixed = runtime.MixedForward(self.base, self.mean, self.std).eval() if precision == runtime.MIXED else None
+        forward = runtime.MixedForward if precision == runtime.MIXED else runtime.Float32Forward
+        self._forward = forward(self.base, self.mean, self.std).eval()
+        """uint8 crops → pooled features as one module: what the app's faster graph is built from."""
 
     def inference_choice(self) -> dict:
         """How this model computes features, as a version records it and ``/status`` reports it: ``resolution``
         (input side, pixels), ``precision`` and ``graph``."""
-        if self._mixed is None:
-            graph = INFERENCE_GRAPH
+        built = runtime.compiled_already(self.cache_key)
+        if self.precision == runtime.FLOAT32:
+            graph = ONNX_GRAPH if built else INFERENCE_GRAPH
         else:
-            graph = COMPILED_GRAPH if runtime.compiled_already(self.cache_key) else EAGER_MIXED_GRAPH
+            graph = COMPILED_GRAPH if built else EAGER_MIXED_GRAPH
         return {"resolution": self.resolution, "precision": self.precision, "graph": graph}
 
     @property
@@ -115,9 +120,8 @@ class FeatureModel:
 
     def to(self, device) -> "FeatureModel":
         """Move the inference copies (and the head) to ``device``, e.g. a bulk worker's GPU."""
-        for module in (self.base, self.head, self._mixed):
-            if module is not None:
-                module.to(device)
+        for module in (self.base, self.head, self._forward):
+            module.to(device)
         return self
 
     @property
@@ -125,40 +129,39 @@ class FeatureModel:
         return next(self.base.parameters()).device
 
     def _compiled(self, start: bool = False, wait: bool = False):
-        """The compiled graph, or None (run eagerly): compiling starts only through :meth:`warm` (the app does it
-        when it loads a version); short-lived processes (the CLI, bulk jobs, training runs) run eagerly."""
+        """The built graph, or None (run eagerly): building starts only through :meth:`warm` (the app does it when
+        it loads a version); short-lived processes (the CLI, bulk jobs, training runs) run eagerly."""
         from settings import get_settings
-        if self._mixed is None or self.device.type != "cpu" or not get_settings().compile_backbone:
-            return None  # float32: a compiled graph ran a batch faster here but a whole prediction no faster
+        if self.device.type != "cpu" or not get_settings().compile_backbone:
+            return None
         if not start and not runtime.started(self.cache_key):
             return None
-        return runtime.compiled(self.cache_key, self._mixed, self.resolution, wait)
+        return runtime.compiled(self.cache_key, self._forward, self.resolution, wait)
 
     @property
     def compiling(self) -> bool:
-        """Whether this model's graph is being compiled in the background (requests run it eagerly meanwhile)."""
-        return self._mixed is not None and runtime.compiling(self.cache_key)
+        """Whether this model's graph is being built in the background (requests run it eagerly meanwhile)."""
+        return runtime.compiling(self.cache_key)
 
     def warm(self, wait: bool = False) -> None:
-        """Start compiling the backbone graph (seconds, on a background thread, once per process and backbone;
-        until it is ready the same arithmetic runs eagerly); ``wait`` until it is done."""
+        """Start building the backbone's faster graph (seconds, on a background thread, once per process and cache
+        key: ONNX Runtime for float32, torch.compile for bfloat16-mixed; until it is ready the same arithmetic runs
+        eagerly); ``wait`` until it is done."""
         self._compiled(start=True, wait=wait)
 
     def features_of_crops(self, crops: torch.Tensor) -> torch.Tensor:
         """Pooled features (n, d) of uint8 crops (n, resolution, resolution, 3), as the Embedder, the bulk
         scorers and every version's predictions compute them: the one place the model's input arithmetic
         lives. float32: ``(x / 255 - mean) / std`` (bit for bit :func:`classifier.images.normalise_pixels`),
-        then the folded backbone; ``bfloat16-mixed``: the graph of :mod:`classifier.runtime`."""
+        then the folded backbone (in the app, its ONNX Runtime graph once built and faster: within 1e-5);
+        ``bfloat16-mixed``: the graph of :mod:`classifier.runtime`."""
         with torch.inference_mode():  # the compiled graph's frozen weights are inference-only
             return self._features_of_crops(crops.to(self.device).permute(0, 3, 1, 2))  # channels_last, no copy
 
     def _features_of_crops(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self._mixed is None:
-            mean, std = (torch.tensor(v, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1) for v in (self.mean, self.std))
-            return self.features(runtime.normalise(pixels, mean, std))
         compiled, n = self._compiled(), len(pixels)
         if compiled is None:
-            return self._mixed(pixels)
+            return self._forward(pixels)  # float32: bit for bit the numpy arithmetic
         pixels = pixels.contiguous(memory_format=torch.channels_last)  # the compiled layout: no recompiling
         out = []
         for start in range(0, n, runtime.COMPILED_BATCH):
@@ -172,11 +175,7 @@ class FeatureModel:
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pooled features, shape (n, d), of normalised float32 pixels in this model's float32 arithmetic
         (finetuning and the levers; predictions go through :meth:`features_of_crops`)."""
-        out = self.base(pixel_values=pixel_values.contiguous(memory_format=torch.channels_last))
-        pooled = getattr(out, "pooler_output", None)
-        if pooled is None:  # ViT-style models classify the first token
-            pooled = out.last_hidden_state[:, 0]
-        return pooled.flatten(1)
+        return runtime.pooled(self.base(pixel_values=pixel_values.contiguous(memory_format=torch.channels_last)))
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)

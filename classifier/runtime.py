@@ -1,9 +1,10 @@
-"""How a backbone's pooled features are computed from uint8 crops: the arithmetic a version records.
+"""How a backbone's pooled features are computed from uint8 crops: the arithmetic a version records, and the
+graph that runs it.
 
 Two precisions:
 
 - ``float32``: the folded backbone in float32 (finetune and scratch versions, other backbones, versions made
-  before ``bfloat16-mixed`` existed).
+  before ``bfloat16-mixed`` existed, and head versions on a CPU without native bfloat16).
 - ``bfloat16-mixed`` (:data:`MIXED`): the stem and the first inverted-residual block in float32, every later
   block in bfloat16, pooled in float32. MobileNetV2-style backbones only (``conv_stem``, ``layer``,
   ``conv_1x1``). Measured on 128 Fashion-MNIST images: all-bfloat16 features had a cosine of 0.94 to float32 at
@@ -11,26 +12,33 @@ Two precisions:
   head trained on these features also works on float32 features (the stock ``pipeline``). The backbone forward
   is about 1.4× faster eager and 1.8× compiled on a CPU with native bfloat16 (avx512_bf16).
 
-The mixed graph (:class:`MixedForward`) takes uint8 crops and normalises them itself. It is compiled with
-``torch.compile`` (inductor, weights frozen), which fuses the normalisation into the first convolution, once per
-process and cache key when ``Settings.compile_backbone`` is on and a C++ compiler is found (about 4 s with
-inductor's on-disk cache warm, 18 s cold, on 2 cores): by the app, in the background when it loads a version (it
-serves eagerly until the graph is ready). Once compiled, a batch is timed compiled and eager, and the compiled graph
-is kept only where it is the faster on this machine (``graph`` in ``/status``'s ``model_runtime`` says which runs).
-The float32 graph runs eagerly (see :data:`classifier.embeddings.INFERENCE_GRAPH`). Short-lived processes (the CLI,
-bulk jobs and their Ray actors, training runs) run the mixed graph eagerly too: compiling would cost them more than
-it saves, and a compiled Ray actor ran slower than an eager one next to the Ray processes on 2 cores. Where compiling
-fails the eager module runs (features within a cosine of 0.9999 of the compiled ones). The compiled graph runs at
-one fixed batch size (:data:`COMPILED_BATCH`, smaller batches are padded), so an image's features never depend on
-its batch.
+Each precision has one module from uint8 crops to pooled features (:class:`Float32Forward`,
+:class:`MixedForward`), which normalises the crops itself, and a faster graph of it that the app builds once per
+process and cache key when ``Settings.compile_backbone`` is on, in the background when it loads a version (it
+serves eagerly until the graph is ready):
+
+- ``bfloat16-mixed``: ``torch.compile`` (inductor, weights frozen), which fuses the normalisation into the first
+  convolution, where a C++ compiler is found (about 4 s with inductor's on-disk cache warm, 18 s cold, on 2 cores).
+- ``float32``: an ONNX Runtime session of the module (exported in memory in about 3 s; the same float32 arithmetic,
+  within 1e-5 of eager). On an AVX2 CPU without native bfloat16 it ran the forward of 128 images in 1.10 s against
+  1.75 s eagerly, where a compiled float32 graph made a whole prediction no faster.
+
+Once built, a batch is timed both ways and the graph is kept only where it is the faster on this machine
+(``graph`` in ``/status``'s ``model_runtime`` says which runs). Short-lived processes (the CLI, bulk jobs and their
+Ray actors, training runs) run eagerly: building would cost them more than it saves, and a compiled Ray actor ran
+slower than an eager one next to the Ray processes on 2 cores. Where building fails the eager module runs. The
+built graph runs at one fixed batch size (:data:`COMPILED_BATCH`, smaller batches are padded), so an image's
+features never depend on its batch.
 """
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import shutil
 import threading
 import time
+import warnings
 
 import torch
 
@@ -62,6 +70,51 @@ def normalise(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     """uint8 pixels (n, 3, r, r) → ``(x / 255 - mean) / std`` in float32, the arithmetic of
     :func:`classifier.images.normalise_pixels` (bit for bit): every path from crops to features normalises here."""
     return (pixels.to(torch.float32) * (1.0 / 255.0) - mean) / std
+
+
+def pooled(out) -> torch.Tensor:
+    """A backbone's pooled features (n, d) from its output: ``pooler_output``, or the first token (ViT-style)."""
+    pooled_output = getattr(out, "pooler_output", None)
+    if pooled_output is None:
+        pooled_output = out.last_hidden_state[:, 0]
+    return pooled_output.flatten(1)
+
+
+class Float32Forward(torch.nn.Module):
+    """uint8 crops (n, 3, r, r) → pooled features (n, d) float32 through ``base`` (shared, not copied): the float32
+    arithmetic as one module, for the ONNX Runtime graph and its timing against eager."""
+
+    def __init__(self, base: torch.nn.Module, mean, std):
+        super().__init__()
+        self.base = base
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return pooled(self.base(pixel_values=normalise(crops, self.mean, self.std).contiguous(memory_format=torch.channels_last)))
+
+
+class OnnxGraph:
+    """An ONNX Runtime session of a :class:`Float32Forward`, called like it on uint8 crops (a fixed batch)."""
+
+    def __init__(self, module: Float32Forward, example: torch.Tensor):
+        import onnxruntime
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():  # the TorchScript-based exporter: deprecated since torch 2.9, here in 2.13
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(copy.deepcopy(module).eval(), (example.contiguous(),), buffer, input_names=["crops"],
+                              output_names=["features"], opset_version=17, dynamo=False)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only
+        # Idle threads sleep instead of spinning: the app's other threads (uploads arriving, JPEG decoding,
+        # the store) need the same cores between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, crops: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"crops": crops.contiguous().numpy()})[0])
 
 
 class MixedForward(torch.nn.Module):
@@ -106,10 +159,11 @@ def compiled_already(key: str) -> bool:
     return _compiled.get(key) is not None
 
 
-def compiled(key: str, module: MixedForward, resolution: int, wait: bool = False):
-    """The process's compiled copy of ``module`` for ``key`` (backbone id, resolution, precision), or None while
-    it is being compiled (on a background thread, started by the first call) and where compiling is not possible
-    or failed: the caller then runs ``module`` eagerly. ``wait`` blocks until compiling has ended."""
+def compiled(key: str, module: torch.nn.Module, resolution: int, wait: bool = False):
+    """The process's built graph of ``module`` (a :class:`Float32Forward` or :class:`MixedForward`) for ``key``
+    (backbone id, resolution, precision), or None while it is being built (on a background thread, started by the
+    first call) and where building is not possible, failed or gave a slower graph: the caller then runs ``module``
+    eagerly. ``wait`` blocks until building has ended."""
     with _lock:
         done = _started.get(key)
         if done is None:
@@ -121,37 +175,41 @@ def compiled(key: str, module: MixedForward, resolution: int, wait: bool = False
     return _compiled.get(key)
 
 
-def _compile(key: str, module: MixedForward, resolution: int, done: threading.Event) -> None:
+def _compile(key: str, module: torch.nn.Module, resolution: int, done: threading.Event) -> None:
+    kind = "ONNX Runtime" if isinstance(module, Float32Forward) else "torch.compile"
     try:
-        if not compiler_available():
-            log.info("No C++ compiler found: the %s backbone graph runs eagerly", MIXED)
-            return
         started = time.monotonic()
-        import torch._inductor.config as inductor_config
-        inductor_config.freezing = True  # weights become constants: prepacked for oneDNN
-        inductor_config.compile_threads = 1  # no pool of compile worker processes (memory)
-        candidate = torch.compile(copy.deepcopy(module).eval(), dynamic=False)
         example = torch.zeros(COMPILED_BATCH, resolution, resolution, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
+        if isinstance(module, Float32Forward):
+            candidate = OnnxGraph(module, example)
+        else:
+            if not compiler_available():
+                log.info("No C++ compiler found: the %s backbone graph runs eagerly", MIXED)
+                return
+            import torch._inductor.config as inductor_config
+            inductor_config.freezing = True  # weights become constants: prepacked for oneDNN
+            inductor_config.compile_threads = 1  # no pool of compile worker processes (memory)
+            candidate = torch.compile(copy.deepcopy(module).eval(), dynamic=False)
         with torch.inference_mode():
             candidate(example)
         seconds = time.monotonic() - started
         compiled_s, eager_s = _timed(candidate, module, example)
         if compiled_s >= eager_s:
-            log.info("Compiled the %s backbone graph for %s in %.1f s, but it ran a batch in %.3f s against %.3f s "
-                     "eagerly on this machine: running it eagerly", MIXED, key, seconds, compiled_s, eager_s)
+            log.info("Built the %s backbone graph for %s in %.1f s, but it ran a batch in %.3f s against %.3f s "
+                     "eagerly on this machine: running it eagerly", kind, key, seconds, compiled_s, eager_s)
             return
         _compiled[key] = candidate
-        log.info("Compiled the %s backbone graph for %s in %.1f s: a batch in %.3f s against %.3f s eagerly",
-                 MIXED, key, seconds, compiled_s, eager_s)
-    except Exception as exc:  # no working toolchain, an inductor limitation: eager is the same arithmetic
-        log.warning("Could not compile the backbone (%s); running it eagerly",
+        log.info("Built the %s backbone graph for %s in %.1f s: a batch in %.3f s against %.3f s eagerly",
+                 kind, key, seconds, compiled_s, eager_s)
+    except Exception as exc:  # no working toolchain, an exporter or inductor limitation: eager is the same arithmetic
+        log.warning("Could not build the %s backbone graph (%s); running it eagerly", kind,
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     finally:
         done.set()
 
 
-def _timed(candidate, module: MixedForward, example: torch.Tensor, repeats: int = 5) -> tuple[float, float]:
-    """Best-of-``repeats`` seconds for one batch, compiled and eager, interleaved: the per-machine choice."""
+def _timed(candidate, module: torch.nn.Module, example: torch.Tensor, repeats: int = 5) -> tuple[float, float]:
+    """Best-of-``repeats`` seconds for one batch, built graph and eager, interleaved: the per-machine choice."""
     best = [float("inf"), float("inf")]
     with torch.inference_mode():
         module(example)  # eager warm-up
