@@ -55,10 +55,10 @@ class ImageInput:
         return cls(name=name, data=data, sha256=hashlib.sha256(data).hexdigest())
 
     @classmethod
-    def from_stream(cls, name: str, open_stream, limit: int) -> "ImageInput":
+    def from_stream(cls, name: str, open_stream, limit: int, reopen=None) -> "ImageInput":
         """An image read from ``open_stream()`` (a binary file object), hashed block by block. At most ``limit``
         + 1 bytes are read (the caller refuses more). From :data:`LARGE_FILE_BYTES` on, the bytes are not kept:
-        ``data`` opens the stream again."""
+        ``data`` opens the stream again, with ``reopen()`` where given (``open_stream`` may only work now)."""
         digest, blocks, size = hashlib.sha256(), [], 0
         with open_stream() as fh:
             while size <= limit:
@@ -75,7 +75,7 @@ class ImageInput:
             return cls(name, b"".join(blocks), digest.hexdigest())
 
         def read() -> bytes:
-            with open_stream() as again:
+            with (reopen or open_stream)() as again:
                 return again.read(limit + 1)
         return cls(name, b"", digest.hexdigest(), read=read, size=size)
 

@@ -57,7 +57,10 @@ def _zip_images(path: Path, errors: list[dict], max_image: int, max_archive: int
                 errors.append({"file": name, "error": f"{name}: too large once unpacked"})
                 continue
             try:
-                image = ImageInput.from_stream(name, functools.partial(_open_member, path, member), max_image)
+                # Read through the archive already open; a large entry's later reads open it again (reading the
+                # central directory once per entry made 128 entries cost 0.14 s).
+                image = ImageInput.from_stream(name, functools.partial(archive.open, member), max_image,
+                                               reopen=functools.partial(_open_member, path, member))
             except UNREADABLE_ENTRY:  # bad CRC or sizes (a lying header), corrupt stream, encrypted, odd method
                 errors.append({"file": name, "error": f"{name}: damaged or unsupported entry in the archive"})
                 continue
