@@ -125,6 +125,22 @@ def test_review_queue_ranks_every_predicted_image_and_badges_a_near_copy_of_a_la
     assert all(b["kind"] in ("label", "duplicate", "outlier") for q in queue.values() for b in q["badges"])
 
 
+def test_a_started_engine_prepares_the_review_order_before_the_first_batch(tmp_path, settings):
+    """Engine.start() loads what ranking a batch needs in the background (the first browser upload paid 0.4 s
+    for it): the first prediction's review queue finds the labelled set already gathered."""
+    from engine import Engine
+    engine = Engine(load_settings({"DATA_DIR": str(settings.data_dir), "DATASET": str(noisy_dataset(tmp_path / "noisy"))}))
+    try:
+        engine.start()
+        engine.warming.join(120)
+        prepared = engine._audit_cache
+        assert prepared is not None and len(prepared[1].entries) > 0
+        engine._labelled_set(embed_missing=False)
+        assert engine._audit_cache is prepared  # the request path reuses it
+    finally:
+        engine.close()
+
+
 def test_label_by_cluster_offers_close_unreviewed_images_of_the_old_prediction_and_undo_reverts_them(tmp_path, settings):
     """Sneakers (a class the labelled set lacks) predicted as bags: correcting one offers the other sneakers
     predicted bags that nobody reviewed, never the real bags, the human-labelled or touched ones, or images

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 FOLDS = 5
 NEIGHBOURS = 10
@@ -47,6 +47,17 @@ STEPS = 60
 BLAS_THREADS = 1
 """BLAS threads for the audit's matrix products: one is immune to the spin-waiting that makes multithreaded
 BLAS many times slower on a busy 2-core machine, and these products are small."""
+
+_controller: ThreadpoolController | None = None
+
+
+def blas_limited():
+    """Context manager: numpy's BLAS at :data:`BLAS_THREADS` threads. The controller (which scans the process's
+    loaded libraries, about 10 ms) is made once, not on each call on a request's path."""
+    global _controller
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=BLAS_THREADS)
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -238,7 +249,7 @@ class LabelAudit:
 def audit_labels(x: np.ndarray, y: np.ndarray, classes: int, shas: list[str] | None = None, seed: int = 0,
                  duplicate_similarity: float = DUPLICATE_SIMILARITY) -> LabelAudit:
     """Audit labelled embeddings ``x`` (n, d) with labels ``y`` (n,) in ``0…classes−1``."""
-    with threadpool_limits(BLAS_THREADS):
+    with blas_limited():
         return _audit_labels(x, np.asarray(y, dtype=np.int64), classes, shas, seed, duplicate_similarity)
 
 

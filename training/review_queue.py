@@ -10,9 +10,8 @@ seeds 1000–1019); the benchmark's test pool and seeds were not used to choose 
 from __future__ import annotations
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
-from training.audit import BLAS_THREADS, knn_vote, neighbours, normalise, outlier_fence
+from training.audit import blas_limited, knn_vote, neighbours, normalise, outlier_fence
 
 MARGIN_WEIGHT = 0.7
 """Share of the low top-1/top-2 margin in a new prediction's wrongness (the rest: neighbours that disagree); 1 / 0.7 /
@@ -58,7 +57,7 @@ def review_order(probs: np.ndarray | None, x_new: np.ndarray, x_labelled: np.nda
     their labels teach (see :func:`_with_head`); the rest keep the order above. ``few_per_class`` and
     ``cover_similarity``: see :data:`FEW_LABELS_PER_CLASS` and :data:`COVER_SIMILARITY` (the benchmark varies them).
     """
-    with threadpool_limits(BLAS_THREADS):
+    with blas_limited():
         return _review_order(probs, x_new, x_labelled, y_labelled, classes, (few_per_class, cover_similarity))
 
 
