@@ -162,6 +162,8 @@ class FeatureModel:
         compiled, n = self._compiled(), len(pixels)
         if compiled is None:
             return self._forward(pixels)  # float32: bit for bit the numpy arithmetic
+        if isinstance(compiled, runtime.OnnxGraph):  # any batch size: a prefetched chunk of 1 costs one image
+            return compiled(pixels)
         pixels = pixels.contiguous(memory_format=torch.channels_last)  # the compiled layout: no recompiling
         out = []
         for start in range(0, n, runtime.COMPILED_BATCH):

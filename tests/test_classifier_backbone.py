@@ -158,7 +158,7 @@ def test_crops_are_normalised_bit_for_bit_and_the_mixed_arithmetic_stays_close_t
             get_settings.cache_clear()
             # The per-machine choice (compiled only where it is the faster) is forced to compiled here, to check
             # the compiled graph's numbers on any machine.
-            monkeypatch.setattr(runtime, "_timed", lambda *args: (0.0, 1.0))
+            monkeypatch.setattr(runtime, "_timed", lambda *args, **kwargs: (0.0, 1.0))
             mixed.warm(wait=True)
             with torch.inference_mode():
                 compiled = mixed.features_of_crops(crops)  # 6 images: padded to the graph's batch of 16
@@ -166,7 +166,7 @@ def test_crops_are_normalised_bit_for_bit_and_the_mixed_arithmetic_stays_close_t
             assert mixed.inference_choice()["graph"].startswith("torch.compile")
             assert torch.nn.functional.cosine_similarity(compiled, eager).min() > 0.999
             assert torch.equal(one[0], compiled[0])  # an image's features do not depend on its batch
-            monkeypatch.setattr(runtime, "_timed", lambda *args: (1.0, 0.5))  # compiled ran slower here
+            monkeypatch.setattr(runtime, "_timed", lambda *args, **kwargs: (1.0, 0.5))  # compiled ran slower here
             slower = FeatureModel(model, processor, "bundled-slower", runtime.MIXED)
             slower.warm(wait=True)
             assert slower.inference_choice()["graph"].startswith("eager bfloat16-mixed")
@@ -175,7 +175,7 @@ def test_crops_are_normalised_bit_for_bit_and_the_mixed_arithmetic_stays_close_t
         # float32's graph is an ONNX Runtime session: the same arithmetic within 1e-5, batch-independent.
         monkeypatch.setenv("COMPILE_BACKBONE", "1")
         get_settings.cache_clear()
-        monkeypatch.setattr(runtime, "_timed", lambda *args: (0.0, 1.0))
+        monkeypatch.setattr(runtime, "_timed", lambda *args, **kwargs: (0.0, 1.0))
         onnx = FeatureModel(model, processor, "bundled-onnx")
         assert onnx.inference_choice()["graph"].startswith("eager")
         onnx.warm(wait=True)
@@ -184,7 +184,7 @@ def test_crops_are_normalised_bit_for_bit_and_the_mixed_arithmetic_stays_close_t
             built, one = onnx.features_of_crops(crops), onnx.features_of_crops(crops[:1])
         assert (built - ours).abs().max() < 1e-4 and not torch.equal(built, ours)  # really the other runtime
         assert torch.equal(one[0], built[0])
-        monkeypatch.setattr(runtime, "_timed", lambda *args: (1.0, 0.5))  # the session ran slower here
+        monkeypatch.setattr(runtime, "_timed", lambda *args, **kwargs: (1.0, 0.5))  # the session ran slower here
         slower32 = FeatureModel(model, processor, "bundled-onnx-slower")
         slower32.warm(wait=True)
         assert slower32.inference_choice()["graph"].startswith("eager")
