@@ -73,7 +73,7 @@ ready or where that graph is not the faster. TorchScript and torch.compile were 
 (bench/levers.py), and a compiled float32 graph in the app: on an AVX2 CPU it ran a batch of 16 1.2-1.4× faster
 than eager, but a whole 128-image prediction no faster (1.52 s against 1.45 s, median of 5 interleaved; its threads
 compete with the JPEG decoding that overlaps the forward). ONNX Runtime made the same prediction 1.45× faster
-(1.50 s against 2.18 s, 4 interleaved pairs), see classifier/runtime.py."""
+(medians 1.51 s against 2.22 s, 8 interleaved pairs over two runs), see classifier/runtime.py."""
 ONNX_GRAPH = "ONNX Runtime session of the float32 graph, BatchNorm folded"
 COMPILED_GRAPH = "torch.compile (inductor, frozen weights) of the bfloat16-mixed graph, BatchNorm folded"
 EAGER_MIXED_GRAPH = "eager bfloat16-mixed graph, BatchNorm folded, in-place ReLU6, channels_last"
