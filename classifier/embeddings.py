@@ -165,6 +165,8 @@ class FeatureModel:
         if isinstance(compiled, runtime.OnnxGraph):  # any batch size: a prefetched chunk of 1 costs one image
             return compiled(pixels)
         pixels = pixels.contiguous(memory_format=torch.channels_last)  # the compiled layout: no recompiling
+        if not pixels.is_inference():  # made outside inference_mode: a copy that is one, no recompiling either
+            pixels = pixels.clone()
         out = []
         for start in range(0, n, runtime.COMPILED_BATCH):
             part = pixels[start:start + runtime.COMPILED_BATCH]

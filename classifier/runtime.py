@@ -137,6 +137,14 @@ class MixedForward(torch.nn.Module):
         return self.late(self.early(x).to(torch.bfloat16)).to(torch.float32).mean((2, 3))
 
 
+def example_crops(n: int, resolution: int) -> torch.Tensor:
+    """Zero uint8 crops (n, 3, r, r) in the layout every caller passes (channels_last). The compiled graph is
+    specialised on its example's layout and on whether it is an inference tensor: one made outside
+    ``inference_mode`` made the first real batch (built inside it) compile the graph again, 4 s on the first
+    request and a second graph in memory."""
+    return torch.zeros(n, resolution, resolution, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
+
+
 def compiler_available() -> bool:
     """Whether inductor can find a C++ compiler here."""
     return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
@@ -183,7 +191,8 @@ def _compile(key: str, module: torch.nn.Module, resolution: int, done: threading
     kind = "ONNX Runtime" if isinstance(module, Float32Forward) else "torch.compile"
     try:
         started = time.monotonic()
-        example = torch.zeros(COMPILED_BATCH, resolution, resolution, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
+        with torch.inference_mode():  # an inference tensor, as every caller's crops are (see example_crops)
+            example = example_crops(COMPILED_BATCH, resolution)
         onnx = isinstance(module, Float32Forward)
         if onnx:
             candidate = OnnxGraph(module, example)  # its memory arena fills on its first run, inside _timed

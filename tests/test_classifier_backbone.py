@@ -160,9 +160,14 @@ def test_crops_are_normalised_bit_for_bit_and_the_mixed_arithmetic_stays_close_t
             # the compiled graph's numbers on any machine.
             monkeypatch.setattr(runtime, "_timed", lambda *args, **kwargs: (0.0, 1.0))
             mixed.warm(wait=True)
-            with torch.inference_mode():
+            full = crops[torch.arange(runtime.COMPILED_BATCH) % len(crops)]  # a whole batch: nothing padded
+            # The graph built in the background serves every caller's crops as they are (inference tensors or
+            # not, padded or not) without compiling again: once, a first request paid 4 s for it.
+            with torch._dynamo.config.patch(error_on_recompile=True), torch.inference_mode():
                 compiled = mixed.features_of_crops(crops)  # 6 images: padded to the graph's batch of 16
                 one = mixed.features_of_crops(crops[:1])
+                assert torch.equal(mixed.features_of_crops(full)[:len(crops)], compiled)
+                assert torch.equal(mixed.features_of_crops(full.clone())[:len(crops)], compiled)  # an inference tensor
             assert mixed.inference_choice()["graph"].startswith("torch.compile")
             assert torch.nn.functional.cosine_similarity(compiled, eager).min() > 0.999
             assert torch.equal(one[0], compiled[0])  # an image's features do not depend on its batch
