@@ -441,9 +441,11 @@ def main(argv: list[str] | None = None) -> None:
     # four times a second.
     demo._queue.sleep_when_free, demo._queue.progress_update_sleep_when_free = 0.05, 0.25
     try:
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
                     max_file_size=f"{max(settings.max_upload_mb, settings.max_archive_mb)}mb", allowed_paths=[str(engine.thumbs_dir)],
                     show_error=True, app_kwargs={"middleware": [Middleware(UploadActivity, engine=engine)]})
+        engine.serving()  # background warm-ups start once the server answers
+        demo.block_thread()
     finally:
         engine.close()
 

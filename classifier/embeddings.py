@@ -130,7 +130,7 @@ class FeatureModel:
 
     def _compiled(self, start: bool = False, wait: bool = False):
         """The built graph, or None (run eagerly): building starts only through :meth:`warm` (the app does it when
-        it loads a version); short-lived processes (the CLI, bulk jobs, training runs) run eagerly."""
+        it serves a version); short-lived processes (the CLI, bulk jobs, training runs) run eagerly."""
         from settings import get_settings
         if self.device.type != "cpu" or not get_settings().compile_backbone:
             return None

@@ -18,8 +18,10 @@ log = logging.getLogger(__name__)
 class LiveModel:
     """Owns the active :class:`Predictor` behind a lock."""
 
-    def __init__(self, registry: LocalRegistry, settings: Settings):
+    def __init__(self, registry: LocalRegistry, settings: Settings, warm: bool = True):
         self.registry = registry
+        self._warm = warm
+        """Whether loading a version starts building its faster graph (see :meth:`start_warming`)."""
         self.settings = settings
         self._lock = threading.Lock()
         self._predictor: Predictor | None = None
@@ -36,8 +38,19 @@ class LiveModel:
             predictor = Predictor.load(info.path, version, self.settings.embeddings_dir, self.settings.max_image_pixels)
         except PlatformError as exc:
             raise PlatformError(f"Model version {version} cannot be loaded: {exc}") from None
-        predictor.fm.warm()  # compiles in the background while requests are served eagerly
+        if self._warm:
+            predictor.fm.warm()  # compiles in the background while requests are served eagerly
         return predictor
+
+    def start_warming(self) -> None:
+        """From now on, loading a version starts building its faster graph in the background; the version already
+        loaded starts now. The app calls it once its server answers, so the build's seconds of both cores are not
+        spent while the server is still starting."""
+        self._warm = True
+        with self._lock:
+            predictor = self._predictor
+        if predictor is not None:
+            predictor.fm.warm()
 
     def _initial(self) -> Predictor | None:
         """The active version, or — if it is damaged — the newest version that still loads."""

@@ -14,7 +14,7 @@ Two precisions:
 
 Each precision has one module from uint8 crops to pooled features (:class:`Float32Forward`,
 :class:`MixedForward`), which normalises the crops itself, and a faster graph of it that the app builds once per
-process and cache key when ``Settings.compile_backbone`` is on, in the background when it loads a version (it
+process and cache key when ``Settings.compile_backbone`` is on, in the background once it serves a version (it
 serves eagerly until the graph is ready):
 
 - ``bfloat16-mixed``: ``torch.compile`` (inductor, weights frozen), which fuses the normalisation into the first

@@ -51,7 +51,7 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
         self.settings = settings
         self.registry = LocalRegistry(settings.models_dir)
         self.registry.clean_staging()
-        self.live = LiveModel(self.registry, settings)
+        self.live = LiveModel(self.registry, settings, warm=False)  # graphs are built once serving: see serving()
         self.jobs = TrainingJobs(self._run_training)
         self.scorer = VersionScorer(self.registry, self.live.load)
         self._train = on_gpu_when_available(train_version)
@@ -90,13 +90,19 @@ class Engine(LabelsMixin, TrainingMixin, AuditMixin):
             except PlatformError as exc:
                 self.store_error = f"Could not restore labels from the Hub: {exc}"
                 log.warning("%s", self.store_error)
+
+    def serving(self) -> None:
+        """Once the server answers: build the active version's faster graph (and those of versions loaded later),
+        then prepare the review order, on a background thread. Both take seconds of both cores; done while the
+        server was still starting they made the launch slower."""
+        self.live.start_warming()
         self.warming = threading.Thread(target=self._warm_review, name="warm-review", daemon=True)
         self.warming.start()
 
     def _warm_review(self) -> None:
         """Once the active version's graph is built, load what ranking a batch for review needs (the base
         backbone's embedder, the labelled set and its cached features): the first upload in the browser paid
-        0.4 s for it on its request path."""
+        0.4 s for it on its request path. Loads the active version first if no request has yet."""
         try:
             predictor = self.live.current()
             if predictor is not None:

@@ -125,13 +125,15 @@ def test_review_queue_ranks_every_predicted_image_and_badges_a_near_copy_of_a_la
     assert all(b["kind"] in ("label", "duplicate", "outlier") for q in queue.values() for b in q["badges"])
 
 
-def test_a_started_engine_prepares_the_review_order_before_the_first_batch(tmp_path, settings):
-    """Engine.start() loads what ranking a batch needs in the background (the first browser upload paid 0.4 s
-    for it): the first prediction's review queue finds the labelled set already gathered."""
+def test_a_serving_engine_prepares_the_review_order_before_the_first_batch(tmp_path, settings):
+    """Engine.serving() (called once the server answers) loads what ranking a batch needs in the background (the
+    first browser upload paid 0.4 s for it): the first prediction's review queue finds the labelled set already
+    gathered. Nothing is built before it."""
     from engine import Engine
     engine = Engine(load_settings({"DATA_DIR": str(settings.data_dir), "DATASET": str(noisy_dataset(tmp_path / "noisy"))}))
     try:
         engine.start()
+        engine.serving()
         engine.warming.join(120)
         prepared = engine._audit_cache
         assert prepared is not None and len(prepared[1].entries) > 0
