@@ -149,6 +149,12 @@ class FeatureModel:
         eagerly); ``wait`` until it is done."""
         self._compiled(start=True, wait=wait)
 
+    def padded_batch(self) -> int:
+        """The batch size a forward pass costs at least: the torch.compile graph's fixed batch once it runs
+        (:data:`~classifier.runtime.COMPILED_BATCH`, smaller batches are padded to it), else 1."""
+        compiled = self._compiled()
+        return runtime.COMPILED_BATCH if compiled is not None and not isinstance(compiled, runtime.OnnxGraph) else 1
+
     def features_of_crops(self, crops: torch.Tensor) -> torch.Tensor:
         """Pooled features (n, d) of uint8 crops (n, resolution, resolution, 3), as the Embedder, the bulk
         scorers and every version's predictions compute them: the one place the model's input arithmetic

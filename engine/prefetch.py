@@ -7,7 +7,7 @@ version into the embedding cache, so the prediction that follows reads most of i
 
 Only embeddings are computed: nothing is recorded, labelled or shown. It is best-effort and never in the way:
 it works while no prediction is in flight (a prediction embeds whatever is left itself), one small chunk per
-turn on the cores, skips archives, files that are gone and files over the per-image limit, and forgets the
+turn on the cores (a whole batch where the graph runs a fixed one), skips archives, files that are gone and files over the per-image limit, and forgets the
 oldest paths when more are waiting than a few batches hold.
 """
 from __future__ import annotations
@@ -23,7 +23,10 @@ from settings import PlatformError
 
 log = logging.getLogger(__name__)
 CHUNK = 8
-"""Images embedded per turn: a prediction that arrives meanwhile waits for at most this many."""
+"""Images embedded per turn where the graph runs any batch size (eager, ONNX Runtime): a prediction that arrives
+meanwhile waits for at most this many."""
+FILL_WAIT_S = 0.5
+"""How long a chunk smaller than the graph's fixed batch waits for the next upload before it is embedded anyway."""
 
 
 class UploadPrefetcher:
@@ -67,12 +70,30 @@ class UploadPrefetcher:
             self._cond.notify_all()
         self._thread.join(timeout=10)
 
+    def _chunk_size(self) -> int:
+        """Images per turn: the live graph's fixed batch where it has one (torch.compile pads a smaller batch to it,
+        so 1 image cost what 16 do: chunks of 1-2 as files arrive one request each made prefetching cost more
+        than the uploads it overlaps), else :data:`CHUNK`."""
+        try:
+            predictor = self.live.current()
+        except PlatformError:
+            return CHUNK
+        return max(CHUNK, predictor.fm.padded_batch()) if predictor is not None else CHUNK
+
     def _next_chunk(self) -> list[Path] | None:
         with self._cond:
             self._cond.wait_for(lambda: self._pending or self._closed)
             if self._closed:
                 return None
-            chunk = [self._pending.popleft() for _ in range(min(CHUNK, len(self._pending)))]
+        size = self._chunk_size()  # outside the lock: it may load a version
+        with self._cond:
+            while len(self._pending) < size and not self._closed:  # fill a fixed batch while uploads arrive
+                seen = len(self._pending)
+                if not self._cond.wait_for(lambda: len(self._pending) != seen or self._closed, FILL_WAIT_S):
+                    break  # nothing more arrived: embed what is here
+            if self._closed:
+                return None
+            chunk = [self._pending.popleft() for _ in range(min(size, len(self._pending)))]
             self._busy = True
             return chunk
 

@@ -153,3 +153,34 @@ def test_uploaded_images_are_embedded_ahead_of_their_prediction_but_never_during
                              settings.max_image_pixels).predict_batch([str(f) for f in files])
     assert [r["label"] for r in warm] == [r["label"] for r in cold]
     assert np.allclose([r["confidence"] for r in warm], [r["confidence"] for r in cold], atol=1e-6)
+
+
+def test_uploads_arriving_one_by_one_fill_a_fixed_batch_graph_before_it_runs(head_version, tmp_path):
+    """Where the live graph runs one fixed batch (torch.compile pads a smaller one to it), files uploaded one
+    request each are gathered into one chunk instead of costing a padded batch apiece."""
+    import shutil
+    from classifier.live import LiveModel
+    from classifier.registry import LocalRegistry
+    from conftest import make_image
+    from engine.prefetch import UploadPrefetcher
+    from settings import load_settings
+    data = tmp_path / "data"
+    shutil.copytree(head_version.data_dir, data)
+    settings = load_settings({"DATA_DIR": str(data)})
+    live = LiveModel(LocalRegistry(settings.models_dir), settings)
+    predictor = live.current()
+    predictor.fm.padded_batch = lambda: 16  # as a built torch.compile graph reports it
+    chunks = []
+    embed = predictor.embedder.embed
+    predictor.embedder.embed = lambda images, *a, **k: (chunks.append(len(images)), embed(images, *a, **k))[1]
+    prefetcher = UploadPrefetcher(live, settings.max_upload_mb)
+    try:
+        for i in range(5):  # one upload request per file, as gradio_client sends a batch
+            path = tmp_path / f"one{i}.jpg"
+            make_image("stripes", (30 * i, 90, 200), seed=950 + i).save(path, quality=90)
+            prefetcher.submit([str(path)])
+            time.sleep(0.05)
+        assert prefetcher.wait(60)
+    finally:
+        prefetcher.close()
+    assert chunks == [5] and prefetcher.embedded == 5
