@@ -7,7 +7,7 @@ anything that needs them (a label save, a batch reload, an image's bytes) calls 
 first, so a label save always finds its image. A write that fails is retried; one that still fails is
 reported by ``wait`` (and ``error``) with a message to upload the images again.
 
-Images are written :data:`CHUNK` at a time, and before each chunk the recorder calls ``pause`` (the engine
+Images are written :data:`CHUNK` at a time (fewer where they exceed :data:`CHUNK_BYTES`), and before each chunk the recorder calls ``pause`` (the engine
 passes ``PREDICTIONS.wait_until_idle``): a prediction that arrives while a batch is being recorded
 gets the cores, instead of sharing them with the previous batch's journaled writes.
 """
@@ -24,7 +24,10 @@ from settings import PlatformError
 
 log = logging.getLogger(__name__)
 CHUNK = 16
-"""Images written between two calls to ``pause``."""
+"""Images written between two calls to ``pause`` at most."""
+CHUNK_BYTES = 8 * 1024 * 1024
+"""Bytes written between two calls to ``pause`` at most (one image more where a single one is larger): 16 phone
+photos took 1 s of the app's CPU to store, which a prediction arriving meanwhile had to share."""
 RETRY_DELAYS_S = (0.5, 2.0, 5.0)
 """Pauses before each retry of a failed write (a store outage); then the write is given up and reported."""
 
@@ -124,9 +127,9 @@ class UploadRecorder:
             time.sleep(delay)
             try:
                 store = self._store()
-                for start in range(0, len(job.images), CHUNK):  # known images are skipped: a retry redoes nothing
+                for chunk in _chunks(job.images):  # known images are skipped: a retry redoes nothing
                     self._pause()
-                    store.add_images(job.images[start:start + CHUNK], source="upload")
+                    store.add_images(chunk, source="upload")
                 store.record_batch([p["sha256"] for p in job.predictions], job.predictions, batch_id=job.batch_id)
                 return None
             except PlatformError as exc:
@@ -136,3 +139,17 @@ class UploadRecorder:
                 log.exception("recording batch %s failed", job.batch_id)
                 error = f"{type(exc).__name__}: {exc}"
         return error
+
+
+def _chunks(images: list) -> list[list]:
+    """``images`` in order, in runs of at most :data:`CHUNK` images and :data:`CHUNK_BYTES` bytes (a run holds at
+    least one image)."""
+    runs, run, size = [], [], 0
+    for image in images:
+        nbytes = getattr(image, "size", 0) or 0
+        if run and (len(run) >= CHUNK or size + nbytes > CHUNK_BYTES):
+            runs.append(run)
+            run, size = [], 0
+        run.append(image)
+        size += nbytes
+    return runs + ([run] if run else [])

@@ -65,3 +65,18 @@ def test_the_recorder_writes_in_chunks_and_pauses_before_each_for_predictions(se
         assert store.known_images([i.sha256 for i in images]) == {i.sha256 for i in images}
     finally:
         engine.close()
+
+
+def test_large_images_are_recorded_in_smaller_chunks():
+    """Between two pauses the recorder writes at most CHUNK images and CHUNK_BYTES bytes (16 phone photos took
+    1 s of the app's CPU to store), and never skips or reorders one; an image larger than the limit goes alone."""
+    from types import SimpleNamespace
+
+    from labeling.recorder import CHUNK, CHUNK_BYTES, _chunks
+    small = [SimpleNamespace(size=5_000) for _ in range(CHUNK + 1)]
+    phones = [SimpleNamespace(size=3_800_000) for _ in range(5)]
+    huge = [SimpleNamespace(size=CHUNK_BYTES + 1)]
+    runs = _chunks(small + phones + huge + small[:2])
+    assert [x for run in runs for x in run] == small + phones + huge + small[:2]
+    assert [len(run) for run in runs] == [CHUNK, 3, 2, 1, 1, 2]
+    assert all(sum(x.size for x in run) <= CHUNK_BYTES or len(run) == 1 for run in runs)
