@@ -121,12 +121,13 @@ def decode(image: ImageInput, max_pixels: int, draft_size: int | None = None) ->
     ``max_pixels`` caps width × height before any pixel is decoded (decompression bombs);
     ``draft_size`` lets JPEG decoding shrink by a power of two when the image is far larger.
     """
-    if not image.data:
+    data = image.data  # once: a large file's bytes are read again from its file or archive on each access
+    if not data:
         raise PlatformError(f"{image.name}: the file is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(image.data))
+            img = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > max_pixels:
                 raise PlatformError(
