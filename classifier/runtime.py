@@ -188,12 +188,12 @@ def compiled(key: str, module: torch.nn.Module, resolution: int, wait: bool = Fa
 
 
 def _compile(key: str, module: torch.nn.Module, resolution: int, done: threading.Event) -> None:
-    kind = "ONNX Runtime" if isinstance(module, Float32Forward) else "torch.compile"
+    onnx = isinstance(module, Float32Forward)
+    kind = "ONNX Runtime" if onnx else "torch.compile"
     try:
         started = time.monotonic()
         with torch.inference_mode():  # an inference tensor, as every caller's crops are (see example_crops)
             example = example_crops(COMPILED_BATCH, resolution)
-        onnx = isinstance(module, Float32Forward)
         if onnx:
             candidate = OnnxGraph(module, example)  # its memory arena fills on its first run, inside _timed
         else:
