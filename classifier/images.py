@@ -187,13 +187,35 @@ def list_image_files(folder: Path) -> list[Path]:
 
 
 def save_thumbnail(image: ImageInput, folder: Path, max_pixels: int, size: int = 192) -> Path:
-    """Write (once) a small JPEG of the image, at most ``size`` pixels per side, named by its sha256."""
+    """Write (once) a small JPEG of the image, at most ``size`` pixels per side, named by its sha256.
+
+    A JPEG that already is one (RGB or grayscale, upright, no side over ``size``) is its own thumbnail: its bytes
+    are written as they are. Decoding and encoding it again cost about 1 ms an image on the request's path,
+    0.13 s for a batch of 128 150-px photos, for a copy that is no smaller."""
     path = folder / image.sha256[:2] / f"{image.sha256}.jpg"
     if not path.is_file():
-        img = decode(image, max_pixels, draft_size=size)
-        img.thumbnail((size, size), Image.Resampling.BILINEAR)
+        data = image.data
+        if not _is_small_jpeg(data, size):
+            img = decode(image, max_pixels, draft_size=size)
+            img.thumbnail((size, size), Image.Resampling.BILINEAR)
+            out = io.BytesIO()
+            img.save(out, format="JPEG", quality=85)
+            data = out.getvalue()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        img.save(tmp, format="JPEG", quality=85)
+        tmp.write_bytes(data)
         tmp.replace(path)
     return path
+
+
+def _is_small_jpeg(data: bytes, size: int) -> bool:
+    """Whether ``data`` is a JPEG a browser shows as its thumbnail would: RGB or grayscale, no side over ``size``
+    pixels, no EXIF rotation (only the header is read)."""
+    if not data.startswith(b"\xff\xd8\xff"):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return (img.format == "JPEG" and img.mode in ("RGB", "L") and max(img.size) <= size
+                    and img.getexif().get(0x0112, 1) == 1)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False

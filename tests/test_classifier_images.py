@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from classifier.images import ImageInput, decode, list_image_files, read_input, resize_center_crop, to_array
+from classifier.images import (ImageInput, decode, list_image_files, read_input, resize_center_crop, save_thumbnail,
+                               to_array)
 from settings import PlatformError
 
 LIMIT = 40_000_000
@@ -151,6 +152,24 @@ def test_read_input_accepts_paths_bytes_and_pil_images(tmp_path):
     assert decode(from_pil, LIMIT).getpixel((4, 4)) == RED
     with pytest.raises(PlatformError, match="missing.jpg"):
         read_input(tmp_path / "missing.jpg")
+
+
+def test_a_small_upright_jpeg_is_its_own_thumbnail_and_others_are_made_smaller(tmp_path):
+    small = encode(Image.new("RGB", (150, 150), RED), "JPEG", quality=90)
+    assert save_thumbnail(ImageInput.from_bytes(small, "small.jpg"), tmp_path, LIMIT).read_bytes() == small
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° to show
+    cases = {"large.jpg": encode(Image.new("RGB", (400, 300), RED), "JPEG"),
+             "rotated.jpg": encode(Image.new("RGB", (64, 32), RED), "JPEG", exif=exif.tobytes()),
+             "cmyk.jpg": encode(Image.new("CMYK", (64, 64), (0, 255, 255, 0)), "JPEG"),
+             "small.png": encode(Image.new("RGB", (64, 64), RED), "PNG")}
+    for name, data in cases.items():
+        path = save_thumbnail(ImageInput.from_bytes(data, name), tmp_path, LIMIT)
+        assert path.read_bytes() != data, name
+        with Image.open(path) as thumb:
+            assert thumb.format == "JPEG" and thumb.mode == "RGB" and max(thumb.size) <= 192, name
+            if name == "rotated.jpg":
+                assert thumb.size == (32, 64)
 
 
 def test_resize_center_crop_keeps_the_middle():
