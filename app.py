@@ -374,17 +374,23 @@ def build_app(engine: Engine) -> gr.Blocks:
             login_btn.click(user_errors(h.login), [login_user, login_pw], [session_user, login_msg, review_user],
                             api_visibility="private")
         predict_outputs = [grid, summary]
+        # Progress shows on one small component, not as an overlay on the 128-card grid: Gradio's tracker redraws
+        # its timer every animation frame, and over the grid that cost a browser ~1 core while it waited (the
+        # grid also stays readable meanwhile).
 
         def then_charts(event):  # drawn after the grid is on the page (two charts cost ~0.4 s)
             event.success(h.batch_charts, [grid, threshold], [dist_plot, conf_plot], api_visibility="private",
                           concurrency_id="charts", concurrency_limit=1, show_progress="hidden")
         then_charts(upload.upload(user_errors(h.uploaded), [upload, threshold], [files, upload_count] + predict_outputs,
-                                  concurrency_id="predict", concurrency_limit=2, api_visibility="private"))
+                                  concurrency_id="predict", concurrency_limit=2, api_visibility="private",
+                                  show_progress_on=[upload_count]))
         then_charts(predict_btn.click(user_errors(h.show_predictions), [files, threshold], predict_outputs,
-                                      concurrency_id="predict", concurrency_limit=2, api_visibility="private"))
+                                      concurrency_id="predict", concurrency_limit=2, api_visibility="private",
+                                      show_progress_on=[summary]))
         if s.sample_roots:
             then_charts(sample_btn.click(user_errors(h.sample), [root, count, threshold], predict_outputs,
-                                         concurrency_id="predict", concurrency_limit=2, api_visibility="private"))
+                                         concurrency_id="predict", concurrency_limit=2, api_visibility="private",
+                                         show_progress_on=[summary]))
             import_folder_btn.click(user_errors(h.import_folder), [root, session_user], [import_msg, status],
                                     concurrency_id="import", concurrency_limit=1, api_visibility="private")
         import_zip.upload(user_errors(h.import_labelled), [import_zip, session_user], [import_msg, status],
