@@ -33,8 +33,38 @@ def _app_cores(pid: int, seconds: float) -> float:
     return (process_cpu_seconds(pid) - start) / (time.perf_counter() - t)
 
 
-def _browser_figures(app, client, batch: list[Path], idle_s: float) -> dict:
-    """App CPU with one tab open and nothing running; then upload → every card captioned (seconds)."""
+CAPTION_UPLOADS = 3
+"""Browser uploads timed one after another on the same page (each of new images); the figure is their median."""
+WATCH_CAPTIONS = """([n, old]) => {
+  const done = () => { const cards = [...document.querySelectorAll('#review .rv-card')];
+    return cards.length === n && cards.every(c => !old.includes(c.dataset.sha256)
+      && (c.querySelector('.rv-pred-label')?.textContent || '').trim()); };
+  window.__captioned = new Promise((resolve, reject) => {
+    const observer = new MutationObserver(() => { if (!done()) return; observer.disconnect();
+      requestAnimationFrame(() => setTimeout(() => resolve(performance.now()), 0)); });  // the frame that shows them
+    observer.observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
+    setTimeout(() => { observer.disconnect(); reject(new Error('cards not captioned within 120 s')); }, 120000); });
+  return performance.now(); }"""
+"""Installed in the page before the files are handed over; returns the page's clock. The promise resolves with the
+page's clock once the grid holds ``n`` cards, none from before, each showing its predicted class: a
+MutationObserver, so nothing polls the page (Playwright's 20 ms polling took CPU from the app on the same 2 cores)."""
+
+
+def _caption_seconds(page, files: list[Path]) -> tuple[float, float]:
+    """Hand ``files`` to the upload button; seconds until every card is captioned, by the page's clock and as the
+    driver saw it (which adds the DevTools round trip)."""
+    old = page.evaluate("() => [...document.querySelectorAll('#review .rv-card')].map(c => c.dataset.sha256)")
+    with page.expect_file_chooser() as chooser:
+        page.click("#upload")
+    started = page.evaluate(WATCH_CAPTIONS, [len(files), old])
+    start = time.perf_counter()
+    chooser.value.set_files([str(p) for p in files])
+    captioned = page.evaluate("() => window.__captioned")
+    return (captioned - started) / 1000, time.perf_counter() - start
+
+
+def _browser_figures(app, client, batches: list[list[Path]], idle_s: float) -> dict:
+    """App CPU with one tab open and nothing running; then upload → every card captioned (seconds), once per batch."""
     from playwright.sync_api import sync_playwright
     playwright = sync_playwright().start()
     browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
@@ -46,19 +76,18 @@ def _browser_figures(app, client, batch: list[Path], idle_s: float) -> dict:
         time.sleep(3)  # the page's own start-up requests
         quiet_s = app.wait_quiet(client)  # the cancelled run and the last batches' records are done
         one_tab = _app_cores(app.proc.pid, idle_s)
-        with page.expect_file_chooser() as chooser:
-            page.click("#upload")
-        start = time.perf_counter()
-        chooser.value.set_files([str(p) for p in batch])
-        page.wait_for_function(
-            """n => { const c = [...document.querySelectorAll('#review .rv-card')];
-                      return c.length === n && c.every(e => (e.querySelector('.rv-pred-label')?.textContent || '').trim()); }""",
-            arg=len(batch), timeout=120_000, polling=20)
-        captioned = time.perf_counter() - start
+        captioned, seen = [], []
+        for files in batches:
+            page_s, driver_s = _caption_seconds(page, files)
+            captioned.append(page_s)
+            seen.append(driver_s)
+            time.sleep(1.0)  # the batch's charts
+            app.wait_quiet(client)  # and its records
     finally:
         browser.close()
         playwright.stop()
-    return {"one_tab_cores": one_tab, "captioned_s": captioned, "one_tab_quiet_wait_s": quiet_s}
+    return {"one_tab_cores": one_tab, "captioned_s": captioned, "captioned_seen_by_driver_s": seen,
+            "one_tab_quiet_wait_s": quiet_s}
 
 
 def _during_training(client, batches: list[list[Path]]) -> dict:
@@ -90,7 +119,7 @@ def run(bench) -> dict:
     settings, version = _prepared_app_dir(bench, "live")
     n, idle_s = bench.sizes.load_batch, 10.0 if bench.quick else 20.0
     pool = image_files(bench.slices().test)
-    batches = [pool[i:i + n] for i in range(0, 8 * n, n)]
+    batches = [pool[i:i + n] for i in range(0, (7 + CAPTION_UPLOADS) * n, n)]
     with AppProcess(settings, bench.run_dir / "live.log", dataset=bench.slices().version_train) as app:
         app.wait_status()
         app.wait_model_ready()
@@ -101,11 +130,11 @@ def run(bench) -> dict:
         with CpuWatch((app.proc.pid,)) as watch:
             idle = [_predict(client, b) for b in batches[1:4]]
             training = _during_training(client, batches[4:7])
-        browser = _browser_figures(app, client, batches[7], idle_s)
+        browser = _browser_figures(app, client, batches[7:], idle_s)
     idle_p50, train_p50 = statistics.median(idle), statistics.median(training["seconds"])
     throughout = all(training["training_throughout"])
     ratio = train_p50 / idle_p50
-    one_tab, captioned = browser["one_tab_cores"], browser["captioned_s"]
+    one_tab, captioned = browser["one_tab_cores"], statistics.median(browser["captioned_s"])
     figures = [
         Figure(f"{n} new images during a training run: p50 latency", "s", train_p50, idle_p50, "the same app, idle",
                target=f"≤ {TRAINING_TARGET_RATIO}× the idle latency", met=ratio <= TRAINING_TARGET_RATIO and throughout,
@@ -115,10 +144,12 @@ def run(bench) -> dict:
         Figure("app CPU with one Chromium tab open, nothing running", "cores", one_tab, no_tab, "no tab open",
                target=f"≤ {IDLE_TARGET_CORES} (2 % of a core)", met=one_tab <= IDLE_TARGET_CORES,
                distance=f"{one_tab * 100:.1f} % of a core", note=f"over {idle_s:.0f} s each"),
-        Figure(f"Chromium: upload → all {n} cards captioned", "s", captioned, idle_p50, f"gradio_client, {n} files (p50)",
+        Figure(f"Chromium: upload → all {n} cards captioned (p50)", "s", captioned, idle_p50, f"gradio_client, {n} files (p50)",
                target=f"≤ {CAPTION_TARGET_S:g} s", met=captioned <= CAPTION_TARGET_S if n == 128 else None,
                distance=f"{captioned - CAPTION_TARGET_S:+.2f} s",
-               note="from handing the files to the upload button's file chooser to the last card showing its prediction"),
+               note=(f"median of {CAPTION_UPLOADS} uploads of {n} new images each "
+                     f"({', '.join(f'{x:.2f}' for x in browser['captioned_s'])} s): from handing the files to the upload "
+                     "button's file chooser to the frame after the last card shows its prediction")),
     ]
     return {"name": "live", "title": title,
             "method": (f"`python app.py` with its own DATA_DIR (head version {version.version} active, DATASET set to "
@@ -128,7 +159,10 @@ def run(bench) -> dict:
                        f"3 requests of {n} new images through `gradio_client` while the app idles, then 3 while a "
                        f"`/retrain` run ({TRAIN_PARAMS}) is going (checked after each request), after which the run is "
                        f"cancelled. Browser: {n} new images handed to the Predict tab's upload button in Chromium, "
-                       "timed until every card of the review grid shows its predicted class."),
+                       f"timed until every card of the review grid shows its predicted class, {CAPTION_UPLOADS} times on the "
+                       "same page "
+                       "with new images each time (a MutationObserver in the page watches the grid and reads the page's "
+                       "clock in the next frame; nothing polls the page). The figure is their median."),
             "figures": figures,
             "details": {"idle_s": idle, "during_training": training, "no_tab_cores": no_tab,
                         "no_tab_quiet_wait_s": no_tab_quiet_wait_s, **browser},
