@@ -248,10 +248,10 @@ def run_load(bench) -> dict:
         start_s = app.wait_status()
         ready_s = app.wait_model_ready()
         bench.shared["app_launched"] = True
-        clients = [Client(app.url, verbose=False, analytics_enabled=False)]
-        _predict(clients[0], next(batches))  # warm-up
+        client = Client(app.url, verbose=False, analytics_enabled=False)
+        _predict(client, next(batches))  # warm-up
         with CpuWatch((app.proc.pid,)) as watch:
-            single = [_predict(clients[0], next(batches)) for _ in range(sizes.load_single)]
+            single = [_predict(client, next(batches)) for _ in range(sizes.load_single)]
             rss_single = app.peak_rss_mb()
             multi, walls = [], []
             with ClientProcesses(app.url, 4) as users:
@@ -260,9 +260,9 @@ def run_load(bench) -> dict:
                     multi += latencies
                     walls.append(wall)
             zips = [spaces.as_zip(next(batches), bench.fresh_dir("zip")) for _ in range(sizes.load_zip)]
-            zipped = [spaces.send(clients[0], [z], n) for z in zips]
+            zipped = [spaces.send(client, [z], n) for z in zips]
             rss_all = app.peak_rss_mb()
-            phones = _phone_requests(bench, clients[0])
+            phones = _phone_requests(bench, client)
             phones["rss_mb"] = app.peak_rss_mb()
     stock = _baseline_apps(bench, version.path, all_batches[1:1 + sizes.load_single], zips, phones["files"])
     split = _in_process_split(bench, all_batches[1:1 + sizes.load_single])

@@ -146,7 +146,7 @@ def _chunks(images: list) -> list[list]:
     least one image)."""
     runs, run, size = [], [], 0
     for image in images:
-        nbytes = getattr(image, "size", 0) or 0
+        nbytes = image.size
         if run and (len(run) >= CHUNK or size + nbytes > CHUNK_BYTES):
             runs.append(run)
             run, size = [], 0
