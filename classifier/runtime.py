@@ -51,6 +51,11 @@ FLOAT32_BLOCKS = 1
 """Inverted-residual blocks after the stem that stay in float32 under :data:`MIXED`."""
 COMPILED_BATCH = 16
 """The one batch size the torch.compile graph runs at (the Embedder's batch size)."""
+RETIMES, RETIME_PAUSE_S = 2, 2.0
+"""Where the built graph did not beat eager at first, both are timed again (at most ``RETIMES`` times, ``RETIME_PAUSE_S``
+apart) and each keeps its best: on this 2-core VM one busy moment timed the compiled graph at 0.162 s a batch against
+0.150 s eagerly (0.087 s against 0.131 s on a quiet one), and the app then ran eagerly for its lifetime: 120 images
+took 3.2-4.6 s instead of about 1.1 s."""
 
 
 def supports_mixed(base: torch.nn.Module) -> bool:
@@ -208,6 +213,12 @@ def _compile(key: str, module: torch.nn.Module, resolution: int, done: threading
                 candidate(example)
         seconds = time.monotonic() - started
         compiled_s, eager_s = _timed(candidate, module, example, interleaved=not onnx)
+        for _ in range(RETIMES):  # a busy moment of the machine must not decide for the process's lifetime
+            if compiled_s < eager_s:
+                break
+            time.sleep(RETIME_PAUSE_S)
+            again = _timed(candidate, module, example, interleaved=not onnx)
+            compiled_s, eager_s = min(compiled_s, again[0]), min(eager_s, again[1])
         if compiled_s >= eager_s:
             log.info("Built the %s backbone graph for %s in %.1f s, but it ran a batch in %.3f s against %.3f s "
                      "eagerly on this machine: running it eagerly", kind, key, seconds, compiled_s, eager_s)
