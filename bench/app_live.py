@@ -160,8 +160,7 @@ def run(bench) -> dict:
                        f"`/retrain` run ({TRAIN_PARAMS}) is going (checked after each request), after which the run is "
                        f"cancelled. Browser: {n} new images handed to the Predict tab's upload button in Chromium, "
                        f"timed until every card of the review grid shows its predicted class, {CAPTION_UPLOADS} times on the "
-                       "same page "
-                       "with new images each time (a MutationObserver in the page watches the grid and reads the page's "
+                       "same page with new images each time (a MutationObserver in the page watches the grid and reads the page's "
                        "clock in the next frame; nothing polls the page). The figure is their median."),
             "figures": figures,
             "details": {"idle_s": idle, "during_training": training, "no_tab_cores": no_tab,

@@ -194,8 +194,10 @@ def save_thumbnail(image: ImageInput, folder: Path, max_pixels: int, size: int =
     0.13 s for a batch of 128 150-px photos, for a copy that is no smaller."""
     path = folder / image.sha256[:2] / f"{image.sha256}.jpg"
     if not path.is_file():
-        data = image.data
-        if not _is_small_jpeg(data, size):
+        # Only a file held in memory is looked at: a large one's bytes would be read again by decode().
+        if image.size < LARGE_FILE_BYTES and _is_small_jpeg(image.data, size):
+            data = image.data
+        else:
             img = decode(image, max_pixels, draft_size=size)
             img.thumbnail((size, size), Image.Resampling.BILINEAR)
             out = io.BytesIO()
@@ -211,8 +213,6 @@ def save_thumbnail(image: ImageInput, folder: Path, max_pixels: int, size: int =
 def _is_small_jpeg(data: bytes, size: int) -> bool:
     """Whether ``data`` is a JPEG a browser shows as its thumbnail would: RGB or grayscale, no side over ``size``
     pixels, no EXIF rotation (only the header is read)."""
-    if not data.startswith(b"\xff\xd8\xff"):
-        return False
     try:
         with Image.open(io.BytesIO(data)) as img:
             return (img.format == "JPEG" and img.mode in ("RGB", "L") and max(img.size) <= size
