@@ -39,9 +39,9 @@ IMAGE_SOURCES = ("upload", "folder", "dataset")
 DECISIONS = ("remove", "keep", "clear")
 """Audit decisions: exclude from training, reviewed and kept, neither (an undo)."""
 _CHUNK = 500
+"""Documents fetched per ``$in`` query when joining labels with images."""
 _HAS_LABEL = {"label": {"$type": "string"}}
 """Label documents that hold a human label (a revert leaves the document with label None, keeping its revision)."""
-"""Documents fetched per ``$in`` query when joining labels with images."""
 
 
 @dataclass(frozen=True)
