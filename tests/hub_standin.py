@@ -17,9 +17,11 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import logging
 import re
 import socket
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -525,7 +527,17 @@ def isolate_hub_client(monkeypatch, tmp_path) -> None:
 
 def logged_text(caplog) -> str:
     """Every record pytest captured so far in this test (setup and call phases), formatted with tracebacks."""
-    import logging
-
     formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
     return "\n".join(formatter.format(r) for phase in ("setup", "call") for r in caplog.get_records(phase))
+
+
+@contextmanager
+def running_standin(monkeypatch, tmp_path, caplog, tokens: dict[str, str], secrets=(), level: int = logging.INFO):
+    """A :class:`HubStandin` that accepts ``tokens`` (token → user), with the real client isolated and logs
+    captured at ``level`` (INFO by default); afterwards, none of ``secrets`` may appear in what was logged."""
+    isolate_hub_client(monkeypatch, tmp_path)
+    caplog.set_level(level)
+    with HubStandin(tokens=tokens) as standin:
+        yield standin
+    logs = logged_text(caplog)
+    assert not [secret for secret in secrets if secret in logs], "a secret reached the logs"

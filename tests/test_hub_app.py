@@ -2,7 +2,6 @@
 version and holds every label saved by the first, all through the Hub stand-in and the real client."""
 from __future__ import annotations
 
-import logging
 import time
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from engine import Engine
 from settings import load_settings
 from tests.conftest import make_image, CLASS_STYLES
-from tests.hub_standin import HubStandin, isolate_hub_client, logged_text
+from tests.hub_standin import logged_text, running_standin
 
 TOKEN = "hf_lead_0123456789abcdefSECRET"
 MODEL_REPO, DATASET_REPO = "alice/scenes", "alice/scene-labels"
@@ -18,9 +17,7 @@ MODEL_REPO, DATASET_REPO = "alice/scenes", "alice/scene-labels"
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch, caplog):
-    isolate_hub_client(monkeypatch, tmp_path)
-    caplog.set_level(logging.INFO)
-    with HubStandin(tokens={TOKEN: "alice"}) as standin:
+    with running_standin(monkeypatch, tmp_path, caplog, {TOKEN: "alice"}, secrets=[TOKEN]) as standin:
         yield standin
 
 

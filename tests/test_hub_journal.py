@@ -2,7 +2,6 @@
 import hashlib
 import io
 import json
-import logging
 
 import datasets
 import pytest
@@ -11,7 +10,7 @@ from PIL import Image
 
 from hub.journal import LabelJournal
 from settings import PlatformError
-from tests.hub_standin import HubStandin, isolate_hub_client, logged_text
+from tests.hub_standin import running_standin
 
 TOKEN = "hf_alice_journal_0123456789"
 DATASET = "alice/flower-labels"
@@ -19,11 +18,8 @@ DATASET = "alice/flower-labels"
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch, caplog):
-    isolate_hub_client(monkeypatch, tmp_path)
-    caplog.set_level(logging.INFO)
-    with HubStandin(tokens={TOKEN: "alice"}) as standin:
+    with running_standin(monkeypatch, tmp_path, caplog, {TOKEN: "alice"}, secrets=[TOKEN]) as standin:
         yield standin
-    assert TOKEN not in logged_text(caplog)
 
 
 @pytest.fixture

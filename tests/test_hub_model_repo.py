@@ -8,7 +8,7 @@ import pytest
 
 from hub.models import HubModelRepo, PushQueue
 from settings import PlatformError
-from tests.hub_standin import HubStandin, isolate_hub_client, logged_text
+from tests.hub_standin import logged_text, running_standin
 
 TOKEN = "hf_alice_0123456789abcdef"
 OTHER_TOKEN = "hf_bob_0123456789abcdef"
@@ -17,13 +17,10 @@ REPO = "alice/flowers"
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch, caplog):
-    isolate_hub_client(monkeypatch, tmp_path)
-    caplog.set_level(logging.DEBUG)
-    with HubStandin(tokens={TOKEN: "alice", OTHER_TOKEN: "bob"}) as standin:
+    tokens = {TOKEN: "alice", OTHER_TOKEN: "bob"}
+    with running_standin(monkeypatch, tmp_path, caplog, tokens, secrets=list(tokens), level=logging.DEBUG) as standin:
         yield standin
-    logs = logged_text(caplog)
-    assert "alice/flowers" in logs  # the check below reads real log output
-    assert TOKEN not in logs and OTHER_TOKEN not in logs
+    assert "alice/flowers" in logged_text(caplog)  # the secrets check reads real log output
 
 
 def make_version(root, version, labels=("daisy", "rose"), extra=None):

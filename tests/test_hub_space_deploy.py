@@ -1,5 +1,4 @@
 """Space deployment (space_config/) against the Hub stand-in, with the real client."""
-import logging
 import re
 import shutil
 import subprocess
@@ -10,7 +9,7 @@ import pytest
 import yaml
 
 from space_config import deploy
-from tests.hub_standin import HubStandin, isolate_hub_client, logged_text
+from tests.hub_standin import running_standin
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hf_alice_deploy_0123456789"
@@ -24,12 +23,8 @@ SHIPPED = ["README.md", "app.py", "classifier/hub.py", "engine/__init__.py", "la
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch, caplog):
-    isolate_hub_client(monkeypatch, tmp_path)
-    caplog.set_level(logging.INFO)
-    with HubStandin(tokens={TOKEN: "alice"}) as standin:
+    with running_standin(monkeypatch, tmp_path, caplog, {TOKEN: "alice"}, secrets=[TOKEN, PASSWORD]) as standin:
         yield standin
-    logs = logged_text(caplog)
-    assert TOKEN not in logs and PASSWORD not in logs
 
 
 @pytest.fixture
