@@ -321,7 +321,7 @@ def build_app(engine: Engine) -> gr.Blocks:
                     dist_plot = gr.Plot(label="predicted classes")
                     conf_plot = gr.Plot(label="confidence")
 
-        with gr.Tab("Train"):
+        with gr.Tab("Train") as train_tab:
             gr.Markdown("Trains on " + (f"the dataset `{s.dataset}` plus " if s.dataset else "") +
                         "every label saved in the store. The new version goes live only if it is not worse than the "
                         f"active one by more than {s.promotion_tolerance:.0%} on the same held-out images; otherwise it "
@@ -406,9 +406,12 @@ def build_app(engine: Engine) -> gr.Blocks:
         # Other tabs follow a run with a timer that runs only while a job does (no polling when idle).
         train_timer = gr.Timer(2.0, active=False)
         # The header follows the same timer (so it runs only while a job does), and otherwise refreshes on load
-        # and after the events that change it (train, activate): an idle page makes no periodic server calls.
+        # and after the events that change it (train, activate, opening the Train or Models tab): an idle page makes
+        # no periodic server calls.
         train_timer.tick(h.poll_training, None, [train_status, live_loss, train_timer], api_visibility="private") \
             .then(h.status_text, None, status, api_visibility="private")
+        # Labels are saved card by card without touching the header; where a person decides to train, it is current.
+        train_tab.select(h.status_text, None, status, api_visibility="private")
         refresh_btn.click(h.models_refresh, None, [models_df, version_pick, status], api_visibility="private")
         models_tab.select(h.models_refresh, None, [models_df, version_pick, status], api_visibility="private")
         activate_btn.click(user_errors(h.activate_version), [version_pick, session_user],

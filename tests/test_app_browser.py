@@ -74,6 +74,7 @@ def test_predict_correct_retrain_and_predict_again(served, page, dataset_dir, ar
 
         # 3. retrain from the Train tab with its default fields
         page.get_by_role("tab", name="Train").click()
+        expect(page.locator("#status")).to_contain_text("labelled images: 1")  # the header counts the saved label
         page.click("#train-btn")
         expect(page.locator("#train-result")).to_contain_text("is live", timeout=180_000)
         expect(page.locator("#train-result")).to_contain_text("v2 is live")
